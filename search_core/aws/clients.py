@@ -1,0 +1,198 @@
+"""The one place that builds boto3 clients and turns AWS failures into user-facing errors.
+
+Why one place: every AWS backend must share the same retry policy (adaptive mode, so throttling
+slows us down instead of failing a 10,000-image ingest), timeouts, connection-pool size (large
+enough for the Titan thread pool, otherwise urllib3 discards connections and logs warnings) and
+the standard credential chain (environment, profile, SSO, ECS/EC2 role -- never static keys in
+code, which is how the original sample ended up with expired tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from search_core.config import Settings
+from search_core.errors import BackendError
+
+#: botocore's adaptive mode retries throttling with a client-side token bucket; 8 attempts ride
+#: out a burst of Bedrock throttling without hiding a real outage for minutes.
+DEFAULT_MAX_ATTEMPTS = 8
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+
+THROTTLING_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceQuotaExceededException",
+    }
+)
+EXPIRED_CODES = frozenset(
+    {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"}
+)
+BAD_CREDENTIAL_CODES = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+    }
+)
+ACCESS_DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied", "Forbidden"})
+
+_session_lock = threading.Lock()
+
+
+def max_attempts() -> int:
+    """``AWS_MAX_ATTEMPTS`` is the standard variable; an explicit Config would otherwise hide it."""
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ATTEMPTS
+
+
+def boto_config(settings: Settings, *, pool: int | None = None) -> Config:
+    """Retries, timeouts and pool size shared by every client."""
+    return Config(
+        region_name=settings.aws_region,
+        retries={"mode": "adaptive", "max_attempts": max_attempts()},
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        max_pool_connections=max(10, pool or settings.titan_max_concurrency + 2),
+        user_agent_extra="visual-search",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _session_for(region: str) -> boto3.Session:
+    return boto3.Session(region_name=region)
+
+
+def session(settings: Settings) -> boto3.Session:
+    """A boto3 session on the standard credential chain. Cached so that refreshable credentials
+    (SSO, assumed roles, container roles) are fetched once and refreshed by botocore."""
+    with _session_lock:
+        return _session_for(settings.aws_region)
+
+
+def client(service: str, settings: Settings, *, pool: int | None = None) -> Any:
+    """A boto3 client for ``service``. ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_<SERVICE>`` are
+    honoured by botocore itself, which is how local stand-ins (moto server, benches) plug in."""
+    with _session_lock:
+        sess = _session_for(settings.aws_region)
+        # Session.client is not thread-safe; building under the lock keeps lazy init safe.
+        return sess.client(service, config=boto_config(settings, pool=pool))
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_throttling(exc: BaseException) -> bool:
+    return error_code(exc) in THROTTLING_CODES
+
+
+def translate_error(
+    exc: BaseException, *, service: str, action: str, settings: Settings, resource: str = ""
+) -> BackendError:
+    """Maps a botocore failure to a :class:`BackendError` whose message says what to do.
+
+    ``service`` is a human name ("Bedrock", "Rekognition", "S3"), ``action`` what we were doing,
+    ``resource`` what it concerned (model id, bucket, ...).
+    """
+    region = settings.aws_region
+    what = f"{service} {action}" + (f" ({resource})" if resource else "")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = str(exc.response.get("Error", {}).get("Message", "")).strip()
+        if code in ACCESS_DENIED_CODES:
+            if service == "Bedrock":
+                return BackendError(
+                    f"model access not enabled for {resource or settings.titan_model_id} in "
+                    f"{region}: enable it in the Bedrock console (Model access), and allow "
+                    f"bedrock:InvokeModel on it for this identity. AWS said: {message}"
+                )
+            return BackendError(
+                f"{what} was denied in {region}: the current identity lacks permission "
+                f"(see deploy/iam-policy.json). AWS said: {message}"
+            )
+        if code in EXPIRED_CODES:
+            return BackendError(
+                f"{what} failed: the AWS credentials have expired. Refresh them (aws sso login, "
+                f"new session token) or run with a role; static keys are not refreshed."
+            )
+        if code in BAD_CREDENTIAL_CODES:
+            return BackendError(
+                f"{what} failed: AWS rejected the credentials ({code}). Check AWS_PROFILE / "
+                f"AWS_ACCESS_KEY_ID and that the clock is correct."
+            )
+        if code in THROTTLING_CODES:
+            return BackendError(
+                f"{what} is throttled in {region} even after {max_attempts()} attempts with "
+                f"adaptive backoff: lower TITAN_MAX_CONCURRENCY or ask for a higher quota."
+            )
+        if code == "ValidationException":
+            return BackendError(f"{what} rejected the request as invalid: {message}")
+        if code in {"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey", "NotFound"}:
+            return BackendError(f"{what}: not found in {region}: {message or code}")
+        if code in {"InvalidImageFormatException", "ImageTooLargeException"}:
+            return BackendError(f"{what}: the image was refused ({code}): {message}")
+        if code in {"ModelNotReadyException", "ServiceUnavailableException", "InternalServerError",
+                    "InternalServerException", "ModelTimeoutException"}:
+            return BackendError(f"{what}: the service is unavailable right now ({code}); retry.")
+        return BackendError(f"{what} failed ({code or 'error'}): {message or exc}")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return BackendError(
+            f"{what}: no AWS credentials found. Set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+            f"AWS_SECRET_ACCESS_KEY, or run with an instance/task role."
+        )
+    if isinstance(exc, NoRegionError):
+        return BackendError(f"{what}: no AWS region configured; set AWS_REGION.")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return BackendError(
+            f"{what}: cannot reach the {service} endpoint in {region} ({exc}). Check the network, "
+            f"the region (is {service} offered there?) and any proxy settings."
+        )
+    if isinstance(exc, ReadTimeoutError):
+        return BackendError(
+            f"{what}: no answer within {READ_TIMEOUT_S:.0f} s from {service} in {region}; retry."
+        )
+    if isinstance(exc, BotoCoreError):
+        return BackendError(f"{what} failed: {exc}")
+    return BackendError(f"{what} failed: {exc}")
+
+
+@contextmanager
+def aws_errors(
+    *, service: str, action: str, settings: Settings, resource: str = ""
+) -> Iterator[None]:
+    """``with aws_errors(...): client.call()`` -- re-raises botocore failures as BackendError."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_error(
+            exc, service=service, action=action, settings=settings, resource=resource
+        ) from exc

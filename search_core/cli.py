@@ -1,0 +1,199 @@
+"""Command line: ``index``, ``search``, ``stats``, ``reset``, ``eval`` (and ``aws`` setup).
+
+A stable contract for scripts: ``stats``, ``search`` and ``eval`` end their output with one line
+of JSON; errors are one line on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from search_core.config import Settings
+from search_core.errors import SearchError
+
+EXIT_ERROR = 2
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, ensure_ascii=True, sort_keys=False))
+
+
+def _pipeline(settings: Settings | None = None):  # noqa: ANN202 - avoids importing models early
+    from search_core.factory import build_pipeline
+
+    return build_pipeline(settings or Settings.from_env())
+
+
+def _progress_bar(total_hint: int = 0):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total_hint, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()
+                and not os.environ.get("SEARCH_PROGRESS"))
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    pipeline = _pipeline()
+    bar = _progress_bar()
+
+    def progress(report: Any) -> None:
+        bar.total = report.total
+        bar.n = report.done
+        bar.set_postfix(indexed=report.indexed, failed=report.failed, refresh=False)
+        bar.refresh()
+
+    report = pipeline.index_source(
+        args.source, prune=args.prune, shard=args.shard, progress=progress
+    )
+    bar.close()
+    for failure_uri, reason in report.failures:
+        print(f"failed: {failure_uri}: {reason}", file=sys.stderr)
+    summary = report.to_dict()
+    if not args.verbose:
+        summary.pop("failures")
+    print(
+        f"indexed {report.indexed}, unchanged {report.unchanged}, duplicates {report.duplicates}, "
+        f"not images {report.not_images}, failed {report.failed}, pruned {report.pruned} "
+        f"of {report.total} in {report.seconds:.1f} s"
+    )
+    _print_json(summary)
+    if report.error and report.indexed == 0 and report.done == 0:
+        print(f"error: {report.error}", file=sys.stderr)
+        return EXIT_ERROR
+    if report.error:
+        print(f"warning: {report.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    path = Path(args.image)
+    if not path.is_file():
+        raise SearchError(f"image not found: {args.image}")
+    pipeline = _pipeline()
+    analyzed = pipeline.analyze(path.read_bytes())
+    for number, detection in enumerate(analyzed.detections, start=1):
+        print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)
+    hits = pipeline.search(analyzed, args.object, k=args.k, text=args.text)
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:3d}  {hit.score:.4f}  {hit.uri}")
+    _print_json({
+        "objects": [
+            {"label": d.label, "confidence": round(d.confidence, 2),
+             "box": dataclasses.asdict(d.box)} for d in analyzed.detections
+        ],
+        "results": [{"uri": h.uri, "score": round(h.score, 6), "label": h.item.label}
+                    for h in hits],
+    })
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    _print_json(_pipeline().stats())
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    pipeline = _pipeline()
+    before = pipeline.index.count()
+    pipeline.index.reset()
+    print(f"removed {before} item(s)", file=sys.stderr)
+    _print_json({"removed": before, "count": pipeline.index.count()})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from search_core.evaluation import evaluate
+
+    settings = Settings.from_env()
+    corpus = Path(args.corpus).expanduser().resolve()
+    if settings.index == "local":
+        # A separate index per corpus keeps the user's catalogue out of the measurement.
+        key = hashlib.sha1(str(corpus).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        settings = dataclasses.replace(settings, data_dir=settings.data_dir / "eval" / key)
+    pipeline = _pipeline(settings)
+    report = pipeline.index_source(str(corpus))
+    print(f"corpus: {report.indexed} indexed, {report.unchanged} unchanged, "
+          f"{report.failed} failed", file=sys.stderr)
+    result = evaluate(pipeline, args.queries, choice=args.object, limit=args.limit)
+    for failure_uri, reason in result.failed:
+        print(f"failed query: {failure_uri}: {reason}", file=sys.stderr)
+    payload = {**result.to_dict(), "object": args.object, "corpus_size": pipeline.index.count(),
+               "embedder": pipeline.embedder.model_id}
+    print("  ".join(f"{k} {v}" for k, v in payload.items()))
+    _print_json(payload)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m search_core",
+        description="Reverse image search on your own catalogue (SEARCH_DATA_DIR selects the data).",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SEARCH_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="add a folder or s3://bucket/prefix to the index")
+    p.add_argument("source")
+    p.add_argument("--prune", action="store_true", help="remove items whose file is gone")
+    p.add_argument("--shard", help="I/N: take only this worker's share of the source")
+    p.add_argument("--verbose", action="store_true", help="include failures in the JSON line")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search with an image (and optionally a text)")
+    p.add_argument("image")
+    p.add_argument("--object", default="auto", help="auto | whole | N (1-based object number)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--text", default=None, help="text to combine (embedders with text support)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("stats", help="index statistics")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("reset", help="remove every item from the index")
+    p.add_argument("--yes", action="store_true", help="accepted for scripts; reset needs no prompt")
+    p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("eval", help="Recall@1/5/10 and mAP@10 by class (parent folder name)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--queries", required=True)
+    p.add_argument("--object", default="auto", help="auto | whole | N")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N queries")
+    p.set_defaults(func=cmd_eval)
+
+    try:
+        from search_core.aws.setup import register_cli
+    except ImportError:
+        pass
+    else:
+        register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"error: file not found: {exc.filename}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the contract: never a traceback
+        if os.environ.get("SEARCH_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return EXIT_ERROR

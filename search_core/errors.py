@@ -1,0 +1,29 @@
+"""Exceptions whose message is fit to show a user as is (UI, CLI stderr)."""
+
+
+class SearchError(Exception):
+    """Base class: anything with a message a person can act on."""
+
+
+class ImageError(SearchError):
+    """The bytes are not an image we can use (corrupt, not an image, too large, too small)."""
+
+
+class CropError(SearchError):
+    """The requested region cannot be cropped (too small, empty)."""
+
+
+class ConfigError(SearchError):
+    """The configuration is inconsistent or names something that does not exist."""
+
+
+class BackendError(SearchError):
+    """A backend (AWS service, OpenSearch, model runtime) failed in a way retries did not fix."""
+
+
+class NotSupportedError(SearchError):
+    """The chosen backend cannot do this (for example text queries on an image-only embedder)."""
+
+
+class SourceError(SearchError):
+    """An image source cannot be listed or is not allowed (path outside roots, bad S3 URI)."""

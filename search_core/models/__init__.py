@@ -1,0 +1,1 @@
+"""Local models run with ONNX Runtime, one module per model task."""

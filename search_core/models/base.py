@@ -1,0 +1,97 @@
+"""One base class for every local model: lazy loading under a lock, checksum-verified files.
+
+Loading lazily keeps start-up fast and lets the app answer /ping before the first model is in
+memory; the lock makes concurrent first requests load the model exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from search_core.errors import ConfigError
+
+
+@lru_cache(maxsize=None)
+def _checksums(models_dir: Path) -> dict[str, str]:
+    sums_file = models_dir / "SHA256SUMS"
+    if not sums_file.exists():
+        return {}
+    result = {}
+    for line in sums_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            result[parts[1].lstrip("*")] = parts[0]
+    return result
+
+
+def verify_model_file(models_dir: Path, filename: str) -> Path:
+    """Path of a model file after checking it against models/SHA256SUMS (a truncated or
+    swapped file otherwise fails later with an obscure ONNX Runtime error)."""
+    path = models_dir / filename
+    if not path.exists():
+        raise ConfigError(
+            f"model file {path} is missing; run `python tools/build_models.py` or restore models/"
+        )
+    expected = _checksums(models_dir).get(filename)
+    if expected:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise ConfigError(f"model file {path} does not match models/SHA256SUMS")
+    return path
+
+
+class OnnxModel(ABC):
+    """Owns one ONNX Runtime session, created on first use."""
+
+    #: file name inside the models directory
+    filename: str = ""
+
+    def __init__(self, models_dir: Path, threads: int = 0) -> None:
+        self.models_dir = Path(models_dir)
+        self.threads = threads
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._create_session()
+        return self._session
+
+    def load(self) -> None:
+        """Loads now (warm-up at start-up in the server, so the first user does not wait)."""
+        _ = self.session
+
+    def _create_session(self) -> Any:
+        import onnxruntime as ort
+
+        path = verify_model_file(self.models_dir, self.filename)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = self.threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._after_load(session)
+        return session
+
+    def _after_load(self, session: Any) -> None:  # noqa: B027 - optional hook
+        """Subclasses read input/output names here."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Short human-readable name for stats and the UI."""

@@ -1,0 +1,149 @@
+"""EfficientNet-Lite0 (ImageNet) as the offline image embedder, plus free ImageNet keywords.
+
+The ONNX file (built by ``tools/build_models.py``) has one input ``input`` ``[B,3,224,224]`` and
+two outputs: ``features`` (global-average-pooled 1280-d, before the classifier) and ``logits``
+(1000 ImageNet classes). One forward pass therefore yields both the search vector and keyword
+labels. The export bakes TensorFlow-"SAME" padding for 224x224, so inputs must be exactly that
+size; the batch size may vary.
+
+:func:`preprocess` is separate from :meth:`EfficientNetEmbedder.forward` so that an ingest
+pipeline can decode and resize images in worker threads while another thread runs inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from search_core.errors import ImageError, NotSupportedError
+from search_core.models.base import OnnxModel, verify_model_file
+
+INPUT_SIZE = 224
+RESIZE_SHORT_SIDE = 256
+LABELS_FILE = "imagenet_labels.txt"
+
+
+def preprocess_one(image: Image.Image) -> np.ndarray:
+    """``[3,224,224]`` float32: RGB, short side to 256 (bicubic), centre crop 224, (x-127)/128.
+
+    These are the EfficientNet-Lite training statistics; ImageNet mean/std normalisation
+    measurably hurts this checkpoint."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError("the image is empty")
+    scale = RESIZE_SHORT_SIDE / min(width, height)
+    new_w = max(RESIZE_SHORT_SIDE, round(width * scale))
+    new_h = max(RESIZE_SHORT_SIDE, round(height * scale))
+    # reducing_gap lets Pillow shrink big photos cheaply in integer steps before the bicubic pass.
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left = (new_w - INPUT_SIZE) // 2
+    top = (new_h - INPUT_SIZE) // 2
+    cropped = resized.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+    array = np.asarray(cropped, dtype=np.float32)
+    array = (array - 127.0) / 128.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
+    """``[N,3,224,224]`` float32 batch ready for :meth:`EfficientNetEmbedder.forward`."""
+    if not images:
+        return np.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    return np.stack([preprocess_one(image) for image in images])
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class EfficientNetEmbedder(OnnxModel):
+    """Image-only :class:`~search_core.interfaces.Embedder` (1280-d, cosine)."""
+
+    filename = "efficientnet_lite0.onnx"
+    model_id = "efficientnet-lite0"
+    dimension = 1280
+    supports_text = False
+
+    def __init__(self, models_dir: Path, threads: int = 0, batch_size: int = 16) -> None:
+        super().__init__(models_dir, threads)
+        self.batch_size = max(1, batch_size)
+        self._labels: list[str] | None = None
+
+    def describe(self) -> str:
+        return "EfficientNet-Lite0 (ImageNet, 1280-d, ONNX)"
+
+    @property
+    def labels(self) -> list[str]:
+        """The 1000 ImageNet class names, index-aligned with ``logits``."""
+        if self._labels is None:
+            path = verify_model_file(self.models_dir, LABELS_FILE)
+            self._labels = path.read_text(encoding="utf-8").splitlines()
+        return self._labels
+
+    @staticmethod
+    def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
+        return preprocess(images)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(unit-length float32 vectors ``[N,1280]``, raw ImageNet logits ``[N,1000]``) for a
+        preprocessed batch of any size (run in chunks of ``batch_size``)."""
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dimension), np.float32), np.zeros((0, 1000), np.float32)
+        feats, logits = [], []
+        for start in range(0, batch.shape[0], self.batch_size):
+            chunk = np.ascontiguousarray(batch[start : start + self.batch_size], dtype=np.float32)
+            features, chunk_logits = self.session.run(["features", "logits"], {"input": chunk})
+            feats.append(features)
+            logits.append(chunk_logits)
+        return l2_normalise(np.concatenate(feats)), np.concatenate(logits)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        vectors = [
+            self.forward(preprocess(images[start : start + self.batch_size]))[0]
+            for start in range(0, len(images), self.batch_size)
+        ]
+        if not vectors:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.concatenate(vectors)
+
+    def embed_query(self, image: Image.Image | None = None, text: str | None = None) -> np.ndarray:
+        if text is not None and text.strip():
+            raise NotSupportedError(
+                "EfficientNet-Lite0 understands images only, so text queries are not possible; "
+                "set SEARCH_EMBEDDER=clip or titan for text and image+text search"
+            )
+        if image is None:
+            raise ImageError("a query image is needed")
+        return self.embed_images([image])[0]
+
+    def keywords(
+        self, logits: np.ndarray, top_k: int = 5, min_probability: float = 0.05
+    ) -> list[list[tuple[str, float]]]:
+        """Top ImageNet labels per row of ``logits`` as (name, probability 0-1)."""
+        probabilities = softmax(logits.astype(np.float64))
+        labels = self.labels
+        result = []
+        for row in probabilities:
+            order = np.argsort(-row)[:top_k]
+            result.append(
+                [(labels[i], float(row[i])) for i in order if row[i] >= min_probability]
+            )
+        return result
+
+    def embed_with_keywords(
+        self, images: Sequence[Image.Image], top_k: int = 5, min_probability: float = 0.05
+    ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        """Vectors and, from the same forward pass, the top ImageNet labels of each image."""
+        vectors, logits = self.forward(preprocess(images))
+        return vectors, self.keywords(logits, top_k, min_probability)

@@ -1,0 +1,281 @@
+"""The query path: analyse an image once, then search any of its objects.
+
+Analysis (decode + orient + detect) is cached per image hash inside the pipeline, so a user who
+switches between detected objects only pays for crop + embed + search.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from search_core.config import Settings
+from search_core.crop import crop
+from search_core.errors import ImageError, SearchError
+from search_core.images import load_image, sha256_hex
+from search_core.indexing import IndexReport, Indexer, ProgressCallback, parse_shard
+from search_core.interfaces import Detector, Embedder, VectorIndex
+from search_core.jobs import JobManager
+from search_core.sources import open_source
+from search_core.types import Box, Detection, SearchHit
+
+log = logging.getLogger(__name__)
+
+WHOLE = "whole"
+AUTO = "auto"
+#: detections used for the automatic choice must be this sure and this big
+AUTO_MIN_CONFIDENCE = 50.0
+AUTO_MIN_AREA = 0.04
+OVERFETCH = 3
+MAX_TEXT_QUERY = 1000
+
+
+@dataclass(frozen=True)
+class AnalyzedImage:
+    sha256: str
+    image: Image.Image
+    detections: tuple[Detection, ...]
+
+    def choice_label(self, number: int) -> str:
+        detection = self.detections[number]
+        return f"{detection.label} {number + 1} — {detection.confidence:.0f} %"
+
+
+def auto_choice(detections: tuple[Detection, ...]) -> int | None:
+    """The object a user most likely means: the most prominent confident detection (confidence
+    times the square root of its area), or None for the whole image."""
+    candidates = [
+        (d.confidence * d.box.area**0.5, number)
+        for number, d in enumerate(detections)
+        if d.confidence >= AUTO_MIN_CONFIDENCE and d.box.area >= AUTO_MIN_AREA
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+def parse_object(choice: str | int | None) -> str | int:
+    """``auto`` | ``whole`` | 0-based object number, from the CLI's 1-based ``N``."""
+    if choice is None or choice == "" or choice == AUTO:
+        return AUTO
+    if choice == WHOLE:
+        return WHOLE
+    if isinstance(choice, int):
+        return choice
+    try:
+        number = int(choice)
+    except ValueError as exc:
+        raise SearchError(f"--object must be auto, whole or an object number, got {choice!r}") from exc
+    if number < 1:
+        raise SearchError("object numbers start at 1")
+    return number - 1
+
+
+class SearchPipeline:
+    """Detector + embedder + index, and the background indexing jobs that feed the index."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        detector: Detector | None,
+        embedder: Embedder,
+        index: VectorIndex,
+        cache_size: int = 32,
+    ) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.embedder = embedder
+        self.index = index
+        self.jobs = JobManager(self._run_job)
+        self._cache: OrderedDict[str, AnalyzedImage] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    # -- analysis ------------------------------------------------------------------------------
+
+    def analyze(self, data: bytes) -> AnalyzedImage:
+        """Decoded, oriented image and its detections; cached by content hash."""
+        if len(data) > self.settings.max_upload_bytes:
+            raise ImageError(
+                f"the upload is too large ({len(data) / 1e6:.1f} MB); the limit is "
+                f"{self.settings.max_upload_bytes / 1e6:.0f} MB"
+            )
+        key = sha256_hex(data)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        image = load_image(
+            data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side
+        )
+        detections = tuple(self.detector.detect(image)) if self.detector else ()
+        analyzed = AnalyzedImage(sha256=key, image=image, detections=detections)
+        with self._cache_lock:
+            self._cache[key] = analyzed
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return analyzed
+
+    def region(self, analyzed: AnalyzedImage, choice: str | int | Box | None) -> Box | None:
+        """The box to crop for a choice (auto / whole / object number / manual box)."""
+        if isinstance(choice, Box):
+            return choice
+        parsed = parse_object(choice)
+        if parsed == WHOLE:
+            return None
+        if parsed == AUTO:
+            number = auto_choice(analyzed.detections)
+            return None if number is None else analyzed.detections[number].box
+        assert isinstance(parsed, int)
+        if not 0 <= parsed < len(analyzed.detections):
+            raise SearchError(
+                f"object {parsed + 1} does not exist: {len(analyzed.detections)} object(s) "
+                "were detected"
+            )
+        return analyzed.detections[parsed].box
+
+    # -- search --------------------------------------------------------------------------------
+
+    def query_vector(
+        self, analyzed: AnalyzedImage | None, choice: str | int | Box | None, text: str | None
+    ) -> np.ndarray:
+        text = (text or "").strip() or None
+        if text is not None and len(text) > MAX_TEXT_QUERY:
+            raise SearchError(
+                f"the text query is too long ({len(text):,} characters; at most {MAX_TEXT_QUERY:,})"
+            )
+        if analyzed is None and text is None:
+            raise SearchError("give an image, a text, or both")
+        image = None if analyzed is None else crop(analyzed.image, self.region(analyzed, choice))
+        return self.embedder.embed_query(image=image, text=text)
+
+    def search_vector(
+        self, vector: np.ndarray, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """Top ``k`` distinct images: over-fetches, then drops repeated content or URIs (the
+        same photo stored twice, or a re-indexed file whose old version is still visible)."""
+        k = max(1, min(int(k), 100))
+        hits = self.index.search(vector, k * OVERFETCH + 5, filters)
+        seen: set[str] = set()
+        unique: list[SearchHit] = []
+        for hit in sorted(hits, key=lambda h: -h.score):
+            keys = {hit.item.sha256, hit.uri}
+            if keys & seen:
+                continue
+            seen |= keys
+            unique.append(hit)
+            if len(unique) == k:
+                break
+        return unique
+
+    def search(
+        self,
+        analyzed: AnalyzedImage | None,
+        choice: str | int | Box | None = AUTO,
+        *,
+        k: int = 10,
+        text: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        return self.search_vector(self.query_vector(analyzed, choice, text), k, filters)
+
+    def search_bytes(self, data: bytes, choice: str | int | None = AUTO, k: int = 10) -> list[SearchHit]:
+        return self.search(self.analyze(data), choice, k=k)
+
+    # -- indexing ------------------------------------------------------------------------------
+
+    def indexer(self) -> Indexer:
+        return Indexer(
+            self.embedder,
+            self.index,
+            batch_size=self.settings.batch_size,
+            max_bytes=self.settings.max_upload_bytes,
+            max_pixels=self.settings.max_pixels,
+            max_side=self.settings.max_side,
+        )
+
+    def index_source(
+        self,
+        source_uri: str,
+        *,
+        prune: bool = False,
+        shard: str | None = None,
+        progress: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> IndexReport:
+        source = open_source(source_uri, self.settings)
+        return self.indexer().run(
+            source, prune=prune, shard=parse_shard(shard), progress=progress, stop=stop
+        )
+
+    def _run_job(
+        self, source: str, prune: bool, stop: threading.Event, progress: ProgressCallback
+    ) -> IndexReport:
+        return self.index_source(source, prune=prune, progress=progress, stop=stop)
+
+    def bootstrap_sample(self) -> bool:
+        """Indexes the bundled sample catalogue in the background when the index is empty, so a
+        newcomer's very first search returns results. True when a job was started."""
+        sample = self.settings.sample_catalogue
+        if sample is None or not sample.is_dir() or self.index.count() > 0:
+            return False
+        if self.jobs.active() is not None:
+            return False
+        self.jobs.start(str(sample))
+        return True
+
+    def preview(self, uri: str, max_side: int = 384) -> Image.Image | None:
+        """A small image of a result for the gallery; None if the file went away."""
+        from search_core.sources import read_uri
+
+        try:
+            return load_image(read_uri(uri, self.settings), max_side=max_side,
+                              max_pixels=self.settings.max_pixels)
+        except (SearchError, OSError) as exc:
+            log.warning("no preview for %s: %s", uri, exc)
+            return None
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Loads every model now so the first user does not wait for it."""
+        for part in (self.detector, self.embedder):
+            load = getattr(part, "load", None)
+            if callable(load):
+                load()
+            for sub in getattr(part, "detectors", ()) or ():
+                sub_load = getattr(sub, "load", None)
+                if callable(sub_load):
+                    sub_load()
+
+    def stats(self) -> dict[str, Any]:
+        stats = dict(self.index.stats())
+        stats.setdefault("dimension", self.embedder.dimension)
+        stats["embedder"] = self.embedder.model_id
+        stats["detector"] = getattr(self.detector, "name", "none") if self.detector else "none"
+        stats["supports_text"] = self.embedder.supports_text
+        return stats
+
+    def health(self) -> dict[str, Any]:
+        """Readiness for /healthz: models loaded and the index answering."""
+        model_loaded = bool(getattr(self.embedder, "loaded", True))
+        result: dict[str, Any] = {
+            "model_loaded": model_loaded,
+            "embedder": self.embedder.model_id,
+            "detector": getattr(self.detector, "name", "none") if self.detector else "none",
+            "backend": getattr(self.index, "name", type(self.index).__name__),
+        }
+        try:
+            result["count"] = self.index.count()
+            result["index_reachable"] = True
+        except Exception as exc:  # readiness must report, not raise
+            result["index_reachable"] = False
+            result["error"] = str(exc)
+            result["count"] = None
+        result["ready"] = bool(model_loaded and result["index_reachable"])
+        return result

@@ -1,0 +1,335 @@
+"""HTTP serving: FastAPI around the Gradio UI, health endpoints, auth, share link, shutdown.
+
+Why a FastAPI parent app instead of ``demo.launch()``: load balancers and container platforms
+need plain endpoints that answer without a browser session. ``/ping`` (liveness) answers as soon
+as the process listens, before any model is loaded, so a slow warm-up never gets the task killed;
+``/healthz`` (readiness) answers 200 only once the pipeline says it can serve a search, so the
+load balancer sends no user to a replica that is still loading.
+
+``app.py`` calls :func:`main` with its ``build_demo`` function; tests and other ASGI servers can
+use :func:`create_app` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+# Gradio reads this at import time; set it before anything imports gradio so that no usage
+# statistics are sent from a server that may sit in a private network.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+from search_core.config import Settings  # noqa: E402
+from search_core.errors import ConfigError, SearchError  # noqa: E402
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+log = logging.getLogger(__name__)
+
+BuildDemo = Callable[[], "gr.Blocks"]
+Auth = list[tuple[str, str]]
+
+#: Seconds uvicorn waits for open requests (and Gradio's event streams) after SIGTERM before it
+#: cancels them. ECS sends SIGKILL ``stopTimeout`` seconds after SIGTERM (30 s by default, 60 s
+#: in deploy/ecs-fargate.yaml), so this plus JOB_STOP_TIMEOUT must stay well below that.
+GRACEFUL_TIMEOUT_S = 5
+#: Seconds a running indexing job gets to reach a clean point (end of the current batch).
+JOB_STOP_TIMEOUT_S = 20.0
+#: Upper bound on waiting users; beyond it Gradio answers "queue full" at once, which beats a
+#: request that silently waits longer than the load balancer's idle timeout.
+QUEUE_MAX_SIZE = 64
+
+SHARE_NEEDS_AUTH = (
+    "Refusing to create a public share link without authentication: anyone with the link "
+    "could use this app. Set SEARCH_AUTH=user:password or SEARCH_AUTH_FILE=/path/to/file "
+    "(lines of user:password). Share links need internet access and expire after 72 hours."
+)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _parse_credential(line: str, origin: str) -> tuple[str, str]:
+    user, sep, password = line.partition(":")  # passwords may contain ':'
+    if not sep or not user.strip() or not password:
+        raise ConfigError(f"{origin} must look like user:password")
+    return user.strip(), password
+
+
+def load_auth(env: Mapping[str, str] | None = None) -> Auth | None:
+    """Credentials from ``SEARCH_AUTH`` ("user:password") and/or ``SEARCH_AUTH_FILE`` (one
+    "user:password" per line, ``#`` comments allowed); ``None`` when neither is set.
+
+    A file keeps the password out of the process environment, which ``docker inspect`` and the
+    ECS console show; in ECS it is better still to inject SEARCH_AUTH from Secrets Manager.
+    """
+    env = os.environ if env is None else env
+    creds: Auth = []
+    inline = env.get("SEARCH_AUTH", "").strip()
+    if inline:
+        creds.append(_parse_credential(inline, "SEARCH_AUTH"))
+    path = env.get("SEARCH_AUTH_FILE", "").strip()
+    if path:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"SEARCH_AUTH_FILE {path} cannot be read: {exc.strerror}") from exc
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                creds.append(_parse_credential(line, f"SEARCH_AUTH_FILE line {number}"))
+        if not creds:
+            raise ConfigError(f"SEARCH_AUTH_FILE {path} holds no user:password line")
+    return creds or None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def default_concurrency() -> int:
+    """Concurrent runs per Gradio event. ONNX Runtime already spreads one inference over every
+    core, so running more searches at once than there are cores only adds latency and memory;
+    one per core (at least 1, at most 4) keeps a 1-vCPU Fargate task responsive while a second
+    user waits in the queue instead of thrashing. ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` wins."""
+    raw = os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "").strip()
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError as exc:
+            raise ConfigError(
+                f"GRADIO_DEFAULT_CONCURRENCY_LIMIT must be an integer, got {raw!r}"
+            ) from exc
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------- pipeline access
+
+
+def _pipeline() -> Any:
+    """The one cached pipeline (imported lazily: the factory pulls in model code)."""
+    from search_core.factory import get_pipeline
+
+    return get_pipeline()
+
+
+class _WarmUp:
+    """Loads the models in a background thread so the port opens (and /ping answers) at once."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="warm-up", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            _pipeline().warm_up()
+            log.info("models loaded; ready")
+        except Exception as exc:  # noqa: BLE001 - reported through /healthz, never fatal
+            self.error = str(exc) if isinstance(exc, SearchError) else repr(exc)
+            log.exception("warm-up failed")
+
+
+def stop_jobs(timeout: float = JOB_STOP_TIMEOUT_S) -> None:
+    """Asks background indexing jobs to stop at a clean point and waits for them."""
+    try:
+        _pipeline().jobs.shutdown(timeout=timeout)
+    except Exception:  # noqa: BLE001 - shutting down must not fail on a broken pipeline
+        log.exception("stopping background jobs failed")
+
+
+# --------------------------------------------------------------------------- the ASGI app
+
+
+def _allowed_paths(settings: Settings) -> list[str]:
+    """Folders whose files the gallery may serve: the catalogue roots and the data dir (Gradio
+    refuses to serve files outside the working directory unless they are listed)."""
+    paths = {str(p) for p in settings.folder_roots} | {str(settings.data_dir)}
+    return sorted(paths)
+
+
+def create_app(
+    build_demo: BuildDemo,
+    *,
+    settings: Settings | None = None,
+    auth: Auth | None = None,
+    root_path: str | None = None,
+    warm_up: bool = True,
+) -> FastAPI:
+    """FastAPI app with ``/ping``, ``/healthz`` and the Gradio UI mounted at ``/``.
+
+    ``auth`` defaults to :func:`load_auth` and ``root_path`` to ``SEARCH_ROOT_PATH``.
+    Health endpoints stay outside the auth wall on purpose: load balancers cannot log in.
+    """
+    import gradio as gr
+
+    settings = settings or Settings.from_env()
+    auth = load_auth() if auth is None else auth
+    if root_path is None:
+        root_path = os.environ.get("SEARCH_ROOT_PATH", "").strip().rstrip("/")
+    warm = _WarmUp()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if warm_up:
+            warm.start()
+        yield
+        # Runs after uvicorn stopped accepting and drained requests (SIGTERM or Ctrl+C).
+        stop_jobs()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/ping", include_in_schema=False)
+    def ping() -> dict[str, str]:
+        """Liveness: the process serves HTTP. Loads nothing."""
+        return {"status": "ok"}
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        """Readiness: model loaded, index reachable, backend named (sync: runs in a worker
+        thread, so a slow OpenSearch probe never blocks the event loop)."""
+        try:
+            body: dict[str, Any] = dict(_pipeline().health())
+        except Exception as exc:  # noqa: BLE001 - a broken pipeline is "not ready", not a 500
+            body = {"ready": False, "error": str(exc) if isinstance(exc, SearchError) else repr(exc)}
+        if warm.error:
+            body["ready"] = False
+            body["warmup_error"] = warm.error
+        return JSONResponse(body, status_code=200 if body.get("ready") else 503)
+
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
+    # Mounted last: a mount at "/" matches every path, so the routes above must come first.
+    return gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        auth=auth,
+        root_path=root_path or None,
+        allowed_paths=_allowed_paths(settings),
+        max_file_size=settings.max_upload_bytes,
+        show_error=True,
+        ssr_mode=False,  # SSR needs a Node server next to Python; the image has none
+    )
+
+
+# --------------------------------------------------------------------------- process entry
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
+    signal (exit 143), which ECS and supervisors log as a crash. A requested stop that shut down
+    cleanly is a success: exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        log.info("received %s: shutting down", signal.Signals(sig).name)
+        super().handle_exit(sig, frame)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Visual search web app")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "").strip() or "127.0.0.1",
+        help="interface to listen on (env HOST; the container sets 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "").strip() or 7860),
+        help="port (env PORT; 7860 locally, 8080 in the container)",
+    )
+    parser.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag("GRADIO_SHARE"),
+        help="public *.gradio.live link (env GRADIO_SHARE; needs auth and internet; 72 h)",
+    )
+    return parser.parse_args(argv)
+
+
+def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
+    """Share mode uses Gradio's own server, which is what opens the tunnel."""
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _WarmUp().start()
+    demo.launch(
+        share=True,
+        auth=auth,
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        show_error=True,
+        ssr_mode=False,
+    )
+    stop.wait()
+    stop_jobs()
+    demo.close()
+    return 0
+
+
+def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
+    """Entry point of ``python app.py``; returns the process exit code."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = parse_args(argv)
+    try:
+        auth = load_auth()
+        if args.share:
+            if not auth:
+                print(SHARE_NEEDS_AUTH, file=sys.stderr)
+                return 2
+            return _run_share(build_demo, args.host, args.port, auth)
+        app = create_app(build_demo, auth=auth)
+    except SearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        # Behind the ALB the client address and scheme come from X-Forwarded-*; which peers
+        # may set them is uvicorn's FORWARDED_ALLOW_IPS (the image sets "*": only the load
+        # balancer can reach the task).
+        proxy_headers=True,
+        timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
+        # ALB idle timeout is 60 s by default; keep-alive must outlive it or the ALB reuses a
+        # connection the server already closed and the user sees a 502.
+        timeout_keep_alive=75,
+    )
+    log.info("listening on http://%s:%d (auth %s)", args.host, args.port, "on" if auth else "off")
+    _Server(config).run()
+    return 0

@@ -1,0 +1,110 @@
+"""Image sources: a local folder here; ``s3://`` lives in :mod:`search_core.aws.s3_source`.
+
+Folder sources are confined to configured roots because the Index tab lets anybody who can
+reach the app type a path: without the check a stranger could index (and then display) /etc.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from search_core.config import Settings
+from search_core.errors import SourceError
+from search_core.interfaces import ImageSource
+from search_core.types import SourceEntry
+
+_NON_UTF8_PREFIX = "file://"
+
+
+def _display_uri(path: str) -> str:
+    """The path itself, or a percent-encoded ``file://`` URI for names that are not valid
+    UTF-8 (they cannot be stored in SQLite or JSON as they are)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return _NON_UTF8_PREFIX + urllib.parse.quote(os.fsencode(path))
+
+
+def uri_to_path(uri: str) -> str:
+    if uri.startswith(_NON_UTF8_PREFIX):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(uri[len(_NON_UTF8_PREFIX) :]))
+    return uri
+
+
+def check_under_roots(path: Path, roots: tuple[Path, ...]) -> Path:
+    """The resolved path if it lies under one of ``roots``; SourceError otherwise."""
+    resolved = path.expanduser().resolve()
+    if roots and not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise SourceError(
+            f"{path} is outside the allowed folders ({allowed}); set SEARCH_FOLDER_ROOTS to allow it"
+        )
+    return resolved
+
+
+class FolderSource:
+    """Every regular file under a folder, recursively, in sorted order. Symbolic links to
+    folders are not followed (no loops); linked files are read only if they stay inside the
+    allowed roots. Whether a file is an image is decided by the indexer from its content."""
+
+    def __init__(self, folder: Path | str, roots: tuple[Path, ...] = ()) -> None:
+        self.roots = roots
+        self.folder = check_under_roots(Path(folder), roots)
+        if not self.folder.exists():
+            raise SourceError(f"folder not found: {folder}")
+        if not self.folder.is_dir():
+            raise SourceError(f"not a folder: {folder}")
+        self.uri = str(self.folder)
+
+    def list(self) -> Iterator[SourceEntry]:
+        def on_error(error: OSError) -> None:  # unreadable sub-folder: skip it, keep going
+            return None
+
+        for directory, dirnames, filenames in os.walk(self.folder, onerror=on_error):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(directory, name)
+                try:
+                    if os.path.islink(path):
+                        check_under_roots(Path(path), self.roots)
+                    stat = os.stat(path)
+                except (OSError, SourceError):
+                    continue
+                if not os.path.isfile(path):
+                    continue
+                yield SourceEntry(
+                    uri=_display_uri(path), size_bytes=stat.st_size, version=str(stat.st_mtime_ns)
+                )
+
+    def read(self, entry: SourceEntry) -> bytes:
+        with open(uri_to_path(entry.uri), "rb") as handle:
+            return handle.read()
+
+
+def open_source(uri: str, settings: Settings) -> ImageSource:
+    """A source for a folder path or an ``s3://bucket/prefix`` URI."""
+    uri = uri.strip()
+    if not uri:
+        raise SourceError("no source given: enter a folder path or s3://bucket/prefix")
+    if uri.startswith("s3://"):
+        from search_core.aws.s3_source import S3Source
+
+        return S3Source.from_uri(uri, settings)
+    if "://" in uri:
+        raise SourceError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
+    return FolderSource(uri, settings.folder_roots)
+
+
+def read_uri(uri: str, settings: Settings) -> bytes:
+    """Bytes of an indexed item, for result previews (local path or ``s3://``)."""
+    if uri.startswith("s3://"):
+        from search_core.aws.s3_source import S3Source
+
+        source = S3Source.from_uri(uri, settings)
+        return source.read(SourceEntry(uri=uri))
+    with open(uri_to_path(uri), "rb") as handle:
+        return handle.read()

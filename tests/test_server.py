@@ -1,0 +1,268 @@
+"""The web server, started exactly as the container's CMD starts it: ``python app.py`` with HOST
+and PORT from the environment. Real models, the real sample catalogue, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from search_core.errors import ConfigError
+from search_core.server import SHARE_NEEDS_AUTH, load_auth
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+# Byte-identical to samples/catalogue/Asparagus/Asparagus_002.jpg, which the app indexes on
+# its first start: the top hit must be that very file with cosine similarity ~1.
+QUERY = DATA / "grocery" / "train" / "Vegetables" / "Asparagus" / "Asparagus_002.jpg"
+START_DEADLINE_S = 180.0  # a generous bound on waiting, never asserted as a duration
+
+# Variables that would change the server's mode if they leaked in from the developer's shell.
+_MODE_VARS = ("GRADIO_SHARE", "SEARCH_AUTH", "SEARCH_AUTH_FILE", "SEARCH_ROOT_PATH", "PORT", "HOST")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class AppProcess:
+    """``python app.py`` in a subprocess with its own data dir and port."""
+
+    def __init__(self, tmp: Path, args: tuple[str, ...] = (), **env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if k not in _MODE_VARS}
+        self.env = {
+            **base,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "SEARCH_DATA_DIR": str(tmp / "data"),
+            "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            **env,
+        }
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AppProcess:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "app.py", *self.args],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, path: str, status: int = 200) -> httpx.Response:
+        """Polls ``path`` until it answers ``status``; fails with the server log otherwise."""
+        assert self.proc is not None
+        deadline = time.monotonic() + START_DEADLINE_S
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                response = httpx.get(self.url + path, timeout=5)
+                if response.status_code == status:
+                    return response
+                last = response.status_code
+            except httpx.TransportError as exc:
+                last = exc
+            time.sleep(0.25)
+        pytest.fail(f"{path} never answered {status} (last: {last!r}):\n{self.log()[-3000:]}")
+
+    def terminate(self) -> int:
+        """SIGTERM, as ECS and `docker stop` send it; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"server ignored SIGTERM:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+    app = AppProcess(tmp_path_factory.mktemp("server")).start()
+    try:
+        yield app
+    finally:
+        app.kill()
+
+
+def _wait_indexed(client: object) -> str:
+    """Waits for the first-start indexing job of the sample catalogue to finish."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    progress = ""
+    while time.monotonic() < deadline:
+        progress = client.predict(api_name="/index_status")[0]  # type: ignore[attr-defined]
+        if "finished" in progress or "failed" in progress:
+            return progress
+        time.sleep(1)
+    pytest.fail(f"sample indexing did not finish: {progress}")
+
+
+# --------------------------------------------------------------------------- live server
+
+
+def test_ping_answers_without_models(server: AppProcess) -> None:
+    response = server.wait_for("/ping")
+    assert response.json() == {"status": "ok"}
+
+
+def test_healthz_reports_readiness(server: AppProcess) -> None:
+    body = server.wait_for("/healthz", 200).json()
+    assert body["ready"] is True
+    assert body["model_loaded"] is True
+    assert body["index_reachable"] is True
+    assert body["backend"] == "local"
+    assert body["embedder"]
+    assert isinstance(body["count"], int)
+
+
+def test_search_through_gradio_client(server: AppProcess) -> None:
+    if not QUERY.exists():
+        pytest.skip(f"shared test data missing: {QUERY}")
+    from gradio_client import Client, handle_file
+
+    server.wait_for("/healthz", 200)
+    client = Client(server.url + "/", verbose=False)
+    assert "finished" in _wait_indexed(client)
+    gallery, status = client.predict(
+        handle_file(str(QUERY)), "whole", 5, "", 0, 0, 100, 100, api_name="/search"
+    )
+    assert len(gallery) == 5, status
+    top = gallery[0]["caption"]
+    assert top.endswith("Asparagus/Asparagus_002.jpg"), top
+    assert float(top.split()[1]) > 0.99, top  # "1. 1.000 · Asparagus · /path"
+    assert Path(gallery[0]["image"]).is_file()
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_sigterm_stops_a_running_index_job_and_exits_zero(tmp_path: Path) -> None:
+    """ECS stops tasks with SIGTERM: the first-start indexing job (running right after start)
+    must stop at a clean point and the process must exit 0, leaving a usable index."""
+    app = AppProcess(tmp_path, SEARCH_BATCH_SIZE="4").start()
+    try:
+        app.wait_for("/ping")
+        code = app.terminate()
+    finally:
+        app.kill()
+    log = app.log()
+    assert code == 0, log[-3000:]
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log, log[-3000:]
+    # The index left behind opens and counts (nothing half-written).
+    stats = subprocess.run(
+        [sys.executable, "-m", "search_core", "stats"],
+        cwd=REPO,
+        env=app.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stats.returncode == 0, stats.stderr
+
+
+@pytest.mark.parametrize("how", [("--share",), ()], ids=["flag", "env"])
+def test_share_without_auth_is_refused(tmp_path: Path, how: tuple[str, ...]) -> None:
+    app = AppProcess(tmp_path, args=how, GRADIO_SHARE="" if how else "true").start()
+    assert app.proc is not None
+    code = app.proc.wait(timeout=120)
+    assert code == 2
+    assert SHARE_NEEDS_AUTH in app.log()
+    assert "72 hours" in app.log()
+
+
+def test_auth_required_when_configured(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    app = AppProcess(tmp_path, SEARCH_AUTH="alice:s3cret:with:colons").start()
+    try:
+        # Health endpoints stay open: load balancers cannot log in.
+        app.wait_for("/ping")
+        assert httpx.get(app.url + "/config", timeout=10).status_code == 401
+        with pytest.raises(ValueError):
+            Client(app.url + "/", verbose=False)
+        with pytest.raises(ValueError):
+            Client(app.url + "/", auth=("alice", "wrong"), verbose=False)
+        client = Client(app.url + "/", auth=("alice", "s3cret:with:colons"), verbose=False)
+        progress = client.predict(api_name="/index_status")[0]
+        assert "index-progress-text" in progress
+    finally:
+        code = app.terminate()
+    assert code == 0
+
+
+def test_healthz_is_503_when_models_cannot_load(tmp_path: Path) -> None:
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    app = AppProcess(tmp_path, SEARCH_MODELS_DIR=str(empty), SEARCH_SAMPLE_CATALOGUE="off").start()
+    try:
+        app.wait_for("/ping")
+        body = app.wait_for("/healthz", 503).json()
+        # Warm-up runs in the background; wait until it has failed and said why.
+        deadline = time.monotonic() + START_DEADLINE_S
+        while "warmup_error" not in body and time.monotonic() < deadline:
+            time.sleep(0.25)
+            body = httpx.get(app.url + "/healthz", timeout=5).json()
+    finally:
+        app.terminate()
+    assert body["ready"] is False
+    assert "missing" in body["warmup_error"]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_load_auth_from_env_and_file(tmp_path: Path) -> None:
+    assert load_auth({}) is None
+    assert load_auth({"SEARCH_AUTH": "bob:pw:x"}) == [("bob", "pw:x")]
+    creds = tmp_path / "auth.txt"
+    creds.write_text("# team\nann:one\n\n  ben:two  \n")
+    assert load_auth({"SEARCH_AUTH_FILE": str(creds)}) == [("ann", "one"), ("ben", "two")]
+    both = load_auth({"SEARCH_AUTH": "bob:pw", "SEARCH_AUTH_FILE": str(creds)})
+    assert both == [("bob", "pw"), ("ann", "one"), ("ben", "two")]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SEARCH_AUTH": "no-colon"},
+        {"SEARCH_AUTH": ":pw"},
+        {"SEARCH_AUTH": "user:"},
+        {"SEARCH_AUTH_FILE": "/nonexistent/auth.txt"},
+    ],
+)
+def test_load_auth_rejects_malformed(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_auth(env)
