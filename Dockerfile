@@ -6,8 +6,10 @@
 #
 # BASE_IMAGE: any Debian-like image with Python 3.11 and the venv module. The default is the
 # public slim image; tools/container_base.sh builds a local one for offline machines.
-# If requirements ever pull torch, add --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-# so pip takes the CPU-only wheels (~200 MB instead of ~2.5 GB of CUDA libraries).
+# The default image has no torch: the app runs on ONNX Runtime. --build-arg WITH_CLIP=true adds
+# the optional CLIP embedder (requirements-clip.txt) with CPU-only torch from TORCH_INDEX_URL
+# (~+700 MB; PyPI's default Linux torch would pull ~2.5 GB of CUDA libraries). CLIP downloads its
+# weights from the Hugging Face hub at first use: run such an image with -e HF_HUB_OFFLINE=0.
 # A private CA for pip (corporate proxy, this project's build machine):
 #   --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -16,6 +18,8 @@ FROM ${BASE_IMAGE}
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
 ARG APP_UID=10001
+ARG WITH_CLIP=false
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -28,15 +32,18 @@ SHELL ["/bin/sh", "-eu", "-c"]
 # Dependencies first: this layer is reused as long as requirements.txt does not change.
 # A venv works the same on the slim image (python in /usr/local) and on Debian's python3
 # (where pip refuses system-wide installs, PEP 668).
-COPY requirements.txt /app/requirements.txt
+COPY requirements.txt requirements-clip.txt /app/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     [ -n "${PIP_INDEX_URL:-}" ] || unset PIP_INDEX_URL; \
     [ -n "${PIP_EXTRA_INDEX_URL:-}" ] || unset PIP_EXTRA_INDEX_URL; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --no-compile -r /app/requirements.txt; \
-    /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib >/dev/null; \
-    ! /opt/venv/bin/python -c "import torch" 2>/dev/null || echo "note: torch is installed"
+    if [ "${WITH_CLIP}" = "true" ]; then \
+      /opt/venv/bin/pip install --no-compile --extra-index-url "${TORCH_INDEX_URL}" \
+        -r /app/requirements-clip.txt; \
+    fi; \
+    /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib >/dev/null
 
 # Models are committed files; a truncated or swapped file fails the build here, not at start.
 COPY models/ /app/models/

@@ -17,9 +17,10 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from search_core.crop import box_from_pixels, draw_detections  # noqa: E402
-from search_core.errors import SearchError  # noqa: E402
+from search_core.errors import ImageError, SearchError  # noqa: E402
 from search_core.factory import get_pipeline  # noqa: E402
 from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice  # noqa: E402
+from search_core.sources import open_source  # noqa: E402
 
 MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
@@ -29,10 +30,35 @@ AOSS_NOTE = (
 )
 
 
+class QueryImage(gr.Image):
+    """``gr.Image(type="filepath")`` that hands the uploaded file over untouched.
+
+    Why: Gradio's own preprocessing opens every upload with Pillow and converts anything not
+    RGB itself before our code sees it. That fails with a raw "Could not preprocess input"
+    on HTML/PDF/empty files and on big decompression bombs, decodes smaller bombs in full
+    (hundreds of MB) past SEARCH_MAX_PIXELS, clips 16-bit PNGs to white and puts transparent
+    backgrounds on black. :func:`search_core.images.load_image` does all of it properly and
+    with messages a user can act on, so the file goes straight there.
+    """
+
+    is_template = True  # rendered by the stock Image front-end component
+
+    def preprocess(self, payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        url = getattr(payload, "url", None) or ""
+        if path and not url.startswith("data:"):
+            return str(path)  # Gradio already checked the path lies in its upload folder
+        return super().preprocess(payload)
+
+
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
-    return get_pipeline().analyze(Path(path).read_bytes())
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"the uploaded file cannot be read ({exc.strerror or exc})") from exc
+    return get_pipeline().analyze(data)
 
 
 def _choices(analyzed: AnalyzedImage) -> list[tuple[str, str]]:
@@ -82,6 +108,10 @@ def run_search(
         region: Any = choice or WHOLE
         if analyzed is not None and choice == MANUAL:
             region = box_from_pixels(left, top, right, bottom, 100, 100)
+        elif isinstance(choice, str) and choice.isdigit():
+            # Dropdown values are 0-based detection numbers; as an int the pipeline takes
+            # them as such (a digit *string* means the CLI's 1-based --object N).
+            region = int(choice)
         hits = pipeline.search(analyzed, region, k=int(k), text=text or None)
     except SearchError as exc:
         gr.Warning(str(exc))
@@ -98,7 +128,12 @@ def run_search(
                    else "No results.")
         return [], message
     note = f" {AOSS_NOTE}" if "aoss" in str(pipeline.stats().get("endpoint", "")) else ""
-    return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images.{note}"
+    what = ""
+    if analyzed is not None:
+        what = " for **manual crop**" if choice == MANUAL else f" for **{_label(analyzed, choice)}**"
+    if text:
+        what += f" with text “{html.escape(text[:80])}”"
+    return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images{what}.{note}"
 
 
 # -- Index tab ---------------------------------------------------------------------------------
@@ -137,10 +172,14 @@ def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
 
 
 def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], dict, Any]:
+    pipeline = get_pipeline()
     try:
-        get_pipeline().jobs.start(source, prune=prune)
-    except SearchError as exc:
+        open_source(source, pipeline.settings)  # refuse a bad path at once, not in the job
+        pipeline.jobs.start(source.strip(), prune=prune)
+    except SearchError as exc:  # outside the roots, bad S3 URI, a job already running
         gr.Warning(str(exc))
+        progress, _, failures, stats, timer = _job_view()
+        return progress, f"⚠️ {exc}", failures, stats, timer
     return _job_view()
 
 
@@ -170,7 +209,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Search", id="search-tab", elem_id="search-tab"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(
+                    image = QueryImage(
                         type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"],
                         elem_id="query-image", height=360,
                     )

@@ -41,10 +41,23 @@ def _progress_bar(total_hint: int = 0):  # noqa: ANN202
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from search_core.costs import estimate_ingest, needs_estimate
+
     pipeline = _pipeline()
+    settings = pipeline.settings
     bar = _progress_bar()
+    estimate: dict[str, Any] = {}
 
     def progress(report: Any) -> None:
+        if (not estimate and getattr(report, "phase", "") == "embedding"
+                and needs_estimate(settings.embedder, settings.index)):
+            cost = estimate_ingest(
+                report.planned, embedder=settings.embedder, index=settings.index,
+                dimension=pipeline.embedder.dimension,
+                titan_concurrency=settings.titan_max_concurrency,
+            )
+            estimate.update(cost.to_dict())
+            print("\n".join(cost.lines()), file=sys.stderr, flush=True)
         bar.total = report.total
         bar.n = report.done
         bar.set_postfix(indexed=report.indexed, failed=report.failed, refresh=False)
@@ -59,6 +72,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = report.to_dict()
     if not args.verbose:
         summary.pop("failures")
+    if estimate:
+        summary["cost_estimate"] = estimate
     print(
         f"indexed {report.indexed}, unchanged {report.unchanged}, duplicates {report.duplicates}, "
         f"not images {report.not_images}, failed {report.failed}, pruned {report.pruned} "
@@ -77,7 +92,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     path = Path(args.image)
     if not path.is_file():
         raise SearchError(f"image not found: {args.image}")
-    pipeline = _pipeline()
+    from search_core.pipeline import check_upload_size
+
+    settings = Settings.from_env()
+    # Before reading: a mistaken multi-GB path must not be loaded into memory first.
+    check_upload_size(path.stat().st_size, settings.max_upload_bytes)
+    pipeline = _pipeline(settings)
     analyzed = pipeline.analyze(path.read_bytes())
     for number, detection in enumerate(analyzed.detections, start=1):
         print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)

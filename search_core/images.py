@@ -117,7 +117,11 @@ def load_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image is too large (decompression bomb guard): {exc}") from exc
+        # Pillow refuses before we see the size; say it the same way as the check above.
+        raise ImageError(
+            f"image is too large: over the limit of {max_pixels:,} pixels "
+            "(decompression bomb guard)"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not an image: the file could not be decoded") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data

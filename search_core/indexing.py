@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -51,6 +52,10 @@ class IndexReport:
     error: str = ""
     seconds: float = 0.0
     current: str = ""
+    #: "listing" -> "embedding" (``planned`` is then known: files left after the cheap
+    #: unchanged check) -> "done". Callers print cost estimates on entering "embedding".
+    phase: str = "listing"
+    planned: int = 0
 
     @property
     def failed(self) -> int:
@@ -72,6 +77,7 @@ class IndexReport:
             "stopped": self.stopped,
             "error": self.error,
             "seconds": round(self.seconds, 3),
+            "planned": self.planned,
             "images_per_s": round(self.indexed / self.seconds, 2) if self.seconds else 0.0,
         }
 
@@ -112,6 +118,12 @@ def in_shard(uri: str, shard: tuple[int, int] | None) -> bool:
     return int.from_bytes(digest[:8], "big") % shard[1] == shard[0]
 
 
+def default_workers() -> int:
+    """Preparation threads: one per core (decoding and resizing release the GIL), at least two
+    so reading the next file overlaps decoding the current one."""
+    return max(2, os.cpu_count() or 1)
+
+
 def label_from_uri(uri: str) -> str:
     """The parent folder name: the class in folder-per-class catalogues."""
     return PurePosixPath(uri.replace("\\", "/")).parent.name
@@ -131,7 +143,7 @@ class Indexer:
         index: VectorIndex,
         *,
         batch_size: int = 16,
-        workers: int = 2,
+        workers: int | None = None,
         max_bytes: int = 50 * 1024 * 1024,
         max_pixels: int = 50_000_000,
         max_side: int = 2048,
@@ -139,7 +151,7 @@ class Indexer:
         self.embedder = embedder
         self.index = index
         self.batch_size = max(1, batch_size)
-        self.workers = max(1, workers)
+        self.workers = max(1, workers or default_workers())
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
@@ -260,6 +272,8 @@ class Indexer:
                 report.done += 1
             else:
                 todo.append(entry)
+        report.planned = len(todo)
+        report.phase = "embedding"
         tick(force=True)
 
         batch: list[_Prepared] = []
@@ -315,6 +329,8 @@ class Indexer:
                         continue
                     if sha in seen or sha in known:
                         report.duplicates += 1
+                        if previous is not None:  # its old content is gone from the source
+                            report.replaced += self.index.delete([previous.sha256])
                         report.done += 1
                         tick()
                         continue
@@ -349,6 +365,14 @@ class Indexer:
                 if uri not in listed and item.extra.get("source") == root and in_shard(uri, shard)
             ]
             report.pruned = self.index.delete(gone)
+        build_graph = getattr(self.index, "build_graph", None)
+        if callable(build_graph) and report.indexed and not report.stopped:
+            # Large local indexes: build/extend and save the HNSW graph now, in the ingest job,
+            # rather than in the first user search after it.
+            report.current = "updating the search graph"
+            tick(force=True)
+            build_graph()
         report.current = ""
+        report.phase = "done"
         tick(force=True)
         return report

@@ -75,6 +75,16 @@ def parse_object(choice: str | int | None) -> str | int:
     return number - 1
 
 
+def check_upload_size(size: int, limit: int) -> None:
+    """ImageError for uploads over ``limit`` bytes. MB here are MiB, as SEARCH_MAX_UPLOAD_MB
+    means them, so "60.0 MB; the limit is 50 MB" adds up for the user."""
+    if size > limit:
+        raise ImageError(
+            f"the upload is too large ({size / 2**20:.1f} MB); the limit is "
+            f"{limit / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)"
+        )
+
+
 class SearchPipeline:
     """Detector + embedder + index, and the background indexing jobs that feed the index."""
 
@@ -100,11 +110,7 @@ class SearchPipeline:
 
     def analyze(self, data: bytes) -> AnalyzedImage:
         """Decoded, oriented image and its detections; cached by content hash."""
-        if len(data) > self.settings.max_upload_bytes:
-            raise ImageError(
-                f"the upload is too large ({len(data) / 1e6:.1f} MB); the limit is "
-                f"{self.settings.max_upload_bytes / 1e6:.0f} MB"
-            )
+        check_upload_size(len(data), self.settings.max_upload_bytes)
         key = sha256_hex(data)
         with self._cache_lock:
             if key in self._cache:

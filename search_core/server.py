@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
-from search_core.config import Settings  # noqa: E402
-from search_core.errors import ConfigError, SearchError  # noqa: E402
+from search_core.config import Settings
+from search_core.errors import ConfigError, SearchError
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -128,6 +128,11 @@ def _pipeline() -> Any:
     return get_pipeline()
 
 
+def _describe(exc: Exception) -> str:
+    """A SearchError's message is written for people; anything else is a bug: show its type."""
+    return str(exc) if isinstance(exc, SearchError) else repr(exc)
+
+
 class _WarmUp:
     """Loads the models in a background thread so the port opens (and /ping answers) at once."""
 
@@ -144,8 +149,8 @@ class _WarmUp:
         try:
             _pipeline().warm_up()
             log.info("models loaded; ready")
-        except Exception as exc:  # noqa: BLE001 - reported through /healthz, never fatal
-            self.error = str(exc) if isinstance(exc, SearchError) else repr(exc)
+        except Exception as exc:  # reported through /healthz, never fatal
+            self.error = _describe(exc)
             log.exception("warm-up failed")
 
 
@@ -153,7 +158,7 @@ def stop_jobs(timeout: float = JOB_STOP_TIMEOUT_S) -> None:
     """Asks background indexing jobs to stop at a clean point and waits for them."""
     try:
         _pipeline().jobs.shutdown(timeout=timeout)
-    except Exception:  # noqa: BLE001 - shutting down must not fail on a broken pipeline
+    except Exception:  # shutting down must not fail on a broken pipeline
         log.exception("stopping background jobs failed")
 
 
@@ -209,8 +214,8 @@ def create_app(
         thread, so a slow OpenSearch probe never blocks the event loop)."""
         try:
             body: dict[str, Any] = dict(_pipeline().health())
-        except Exception as exc:  # noqa: BLE001 - a broken pipeline is "not ready", not a 500
-            body = {"ready": False, "error": str(exc) if isinstance(exc, SearchError) else repr(exc)}
+        except Exception as exc:  # a broken pipeline is "not ready", not a 500
+            body = {"ready": False, "error": _describe(exc)}
         if warm.error:
             body["ready"] = False
             body["warmup_error"] = warm.error

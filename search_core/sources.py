@@ -41,7 +41,8 @@ def check_under_roots(path: Path, roots: tuple[Path, ...]) -> Path:
     if roots and not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(root) for root in roots)
         raise SourceError(
-            f"{path} is outside the allowed folders ({allowed}); set SEARCH_FOLDER_ROOTS to allow it"
+            f"{path} is outside the allowed folders ({allowed}); "
+            "set SEARCH_FOLDER_ROOTS to allow it"
         )
     return resolved
 
@@ -49,7 +50,11 @@ def check_under_roots(path: Path, roots: tuple[Path, ...]) -> Path:
 class FolderSource:
     """Every regular file under a folder, recursively, in sorted order. Symbolic links to
     folders are not followed (no loops); linked files are read only if they stay inside the
-    allowed roots. Whether a file is an image is decided by the indexer from its content."""
+    allowed roots. Whether a file is an image is decided by the indexer from its content.
+
+    Links that point outside the roots, and dangling links, are still listed so that reading
+    them fails with a reason the indexing report shows ("links outside the allowed folders",
+    "No such file"); silently leaving them out would look like a lost image."""
 
     def __init__(self, folder: Path | str, roots: tuple[Path, ...] = ()) -> None:
         self.roots = roots
@@ -68,20 +73,38 @@ class FolderSource:
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(directory, name)
-                try:
-                    if os.path.islink(path):
-                        check_under_roots(Path(path), self.roots)
-                    stat = os.stat(path)
-                except (OSError, SourceError):
+                if os.path.islink(path) and not self._link_allowed(path):
+                    yield SourceEntry(uri=_display_uri(path))  # read() says why
                     continue
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    continue
+                # Regular files only: a FIFO or device would block or never end.
                 if not os.path.isfile(path):
                     continue
                 yield SourceEntry(
                     uri=_display_uri(path), size_bytes=stat.st_size, version=str(stat.st_mtime_ns)
                 )
 
+    def _link_allowed(self, path: str) -> bool:
+        """False for links that leave the roots or point nowhere."""
+        try:
+            check_under_roots(Path(path), self.roots)
+        except (SourceError, OSError, RuntimeError):
+            return False
+        return os.path.exists(path)
+
     def read(self, entry: SourceEntry) -> bytes:
-        with open(uri_to_path(entry.uri), "rb") as handle:
+        path = uri_to_path(entry.uri)
+        if os.path.islink(path):
+            if not os.path.exists(path):
+                raise SourceError(f"broken link: {os.readlink(path)} does not exist")
+            try:
+                check_under_roots(Path(path), self.roots)
+            except SourceError:
+                raise SourceError("the link points outside the allowed folders") from None
+        with open(path, "rb") as handle:
             return handle.read()
 
 

@@ -232,12 +232,22 @@ def test_embed_images_concurrent_preserves_order() -> None:
     assert 1 < fake.max_in_flight <= 4
 
 
-def test_throttling_is_retried_by_adaptive_mode() -> None:
-    fake = FakeBedrockHTTP(dim=256, throttle=1)
+def test_clients_default_to_adaptive_retries() -> None:
+    config = TitanEmbedder(_settings(concurrency=12)).client.meta.config
+    assert config.retries == {"mode": "adaptive", "total_max_attempts": 8}
+    assert config.max_pool_connections >= 14
+    assert config.connect_timeout and config.read_timeout
+
+
+def test_throttling_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # standard mode: same retry decision as adaptive, without its client-side rate limiter,
+    # which would only make this test slow.
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    fake = FakeBedrockHTTP(dim=256, throttle=2)
     embedder = _wired(_settings(length=256, concurrency=3), fake)
     vectors = embedder.embed_images(_coloured(5))
     assert vectors.shape == (5, 256)
-    assert sorted(fake.calls.values()) == [2] * 5  # one throttled answer each, then success
+    assert sorted(fake.calls.values()) == [3] * 5  # two throttled answers each, then success
 
 
 def test_one_failure_does_not_lose_the_others() -> None:

@@ -72,11 +72,18 @@ def max_attempts() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ATTEMPTS
 
 
+def retry_mode() -> str:
+    """``adaptive`` unless the standard ``AWS_RETRY_MODE`` variable says otherwise: adaptive
+    adds client-side rate limiting after throttling, ``standard`` only backs off."""
+    raw = os.environ.get("AWS_RETRY_MODE", "").strip().lower()
+    return raw if raw in {"standard", "legacy", "adaptive"} else "adaptive"
+
+
 def boto_config(settings: Settings, *, pool: int | None = None) -> Config:
     """Retries, timeouts and pool size shared by every client."""
     return Config(
         region_name=settings.aws_region,
-        retries={"mode": "adaptive", "max_attempts": max_attempts()},
+        retries={"mode": retry_mode(), "total_max_attempts": max_attempts()},
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         max_pool_connections=max(10, pool or settings.titan_max_concurrency + 2),
@@ -101,8 +108,11 @@ def client(service: str, settings: Settings, *, pool: int | None = None) -> Any:
     honoured by botocore itself, which is how local stand-ins (moto server, benches) plug in."""
     with _session_lock:
         sess = _session_for(settings.aws_region)
+        config = boto_config(settings, pool=pool)
+        if service == "s3":  # presigned URLs with SigV4 (SigV2 is refused in newer regions)
+            config = config.merge(Config(signature_version="s3v4"))
         # Session.client is not thread-safe; building under the lock keeps lazy init safe.
-        return sess.client(service, config=boto_config(settings, pool=pool))
+        return sess.client(service, config=config)
 
 
 def error_code(exc: BaseException) -> str:

@@ -1,0 +1,283 @@
+"""Gradio web app: wires the UI to :mod:`search_core` and nothing else.
+
+Run ``python app.py`` (see README). Serving (FastAPI, health checks, auth, share link, SIGTERM)
+lives in :mod:`search_core.server`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import html  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from search_core.crop import box_from_pixels, draw_detections  # noqa: E402
+from search_core.errors import ImageError, SearchError  # noqa: E402
+from search_core.factory import get_pipeline  # noqa: E402
+from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice  # noqa: E402
+
+MANUAL = "manual"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
+AOSS_NOTE = (
+    "New images in OpenSearch Serverless become searchable after up to a minute; "
+    "results will appear shortly."
+)
+
+from gradio.events import Dependency
+
+class QueryImage(gr.Image):
+    """``gr.Image(type="filepath")`` that hands the uploaded file over untouched.
+
+    Why: Gradio's own preprocessing opens every upload with Pillow and converts anything not
+    RGB itself before our code sees it. That fails with a raw "Could not preprocess input"
+    on HTML/PDF/empty files and on big decompression bombs, decodes smaller bombs in full
+    (hundreds of MB) past SEARCH_MAX_PIXELS, clips 16-bit PNGs to white and puts transparent
+    backgrounds on black. :func:`search_core.images.load_image` does all of it properly and
+    with messages a user can act on, so the file goes straight there.
+    """
+
+    is_template = True  # rendered by the stock Image front-end component
+
+    def preprocess(self, payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        url = getattr(payload, "url", None) or ""
+        if path and not url.startswith("data:"):
+            return str(path)  # Gradio already checked the path lies in its upload folder
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _analyze(path: str | None) -> AnalyzedImage | None:
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"the uploaded file cannot be read ({exc.strerror or exc})") from exc
+    return get_pipeline().analyze(data)
+
+
+def _choices(analyzed: AnalyzedImage) -> list[tuple[str, str]]:
+    choices = [("Whole image", WHOLE)]
+    choices += [(analyzed.choice_label(n), str(n)) for n in range(len(analyzed.detections))]
+    choices.append(("Manual crop (sliders below)", MANUAL))
+    return choices
+
+
+def on_image(path: str | None) -> tuple[Any, Any, str]:
+    """New query image: detect objects, draw them, fill the dropdown with the preselection."""
+    if not path:
+        return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), ""
+    try:
+        analyzed = _analyze(path)
+    except SearchError as exc:
+        gr.Warning(str(exc))
+        return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), f"⚠️ {exc}"
+    assert analyzed is not None
+    preselected = auto_choice(analyzed.detections)
+    value = WHOLE if preselected is None else str(preselected)
+    found = len(analyzed.detections)
+    status = (
+        f"{found} object(s) found; searching with **{_label(analyzed, value)}**."
+        if found
+        else "No objects detected: searching with the whole image (or draw a manual crop)."
+    )
+    return (
+        draw_detections(analyzed.image, analyzed.detections),
+        gr.update(choices=_choices(analyzed), value=value),
+        status,
+    )
+
+
+def _label(analyzed: AnalyzedImage, value: str) -> str:
+    return {v: label for label, v in _choices(analyzed)}.get(value, value)
+
+
+def run_search(
+    path: str | None, choice: str, k: float, text: str,
+    left: float, top: float, right: float, bottom: float,
+) -> tuple[list[tuple[Any, str]], str]:
+    """Crop the chosen object, embed it, and show the top K with score and source."""
+    pipeline = get_pipeline()
+    try:
+        analyzed = _analyze(path)
+        region: Any = choice or WHOLE
+        if analyzed is not None and choice == MANUAL:
+            region = box_from_pixels(left, top, right, bottom, 100, 100)
+        hits = pipeline.search(analyzed, region, k=int(k), text=text or None)
+    except SearchError as exc:
+        gr.Warning(str(exc))
+        return [], f"⚠️ {exc}"
+    gallery = []
+    for rank, hit in enumerate(hits, start=1):
+        preview = pipeline.preview(hit.uri)
+        if preview is not None:
+            caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
+            gallery.append((preview, caption))
+    if not hits:
+        count = pipeline.index.count()
+        message = ("The index is empty: add images in the Index tab." if count == 0
+                   else "No results.")
+        return [], message
+    note = f" {AOSS_NOTE}" if "aoss" in str(pipeline.stats().get("endpoint", "")) else ""
+    what = ""
+    if analyzed is not None:
+        what = " for **manual crop**" if choice == MANUAL else f" for **{_label(analyzed, choice)}**"
+    if text:
+        what += f" with text “{html.escape(text[:80])}”"
+    return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images{what}.{note}"
+
+
+# -- Index tab ---------------------------------------------------------------------------------
+
+
+def _progress_html(job: dict[str, Any] | None) -> str:
+    if not job:
+        return "<div id='index-progress-text'>No indexing job yet.</div>"
+    total = max(job["total"], 1)
+    percent = 100.0 * job["done"] / total if job["total"] else 0.0
+    return (
+        f"<div id='index-progress-text'>{html.escape(job['state'])}: {job['done']} / "
+        f"{job['total']} files ({percent:.0f} %) — {html.escape(job['source'])}</div>"
+        f"<progress max='100' value='{percent:.1f}' style='width:100%'></progress>"
+    )
+
+
+def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
+    pipeline = get_pipeline()
+    latest = pipeline.jobs.latest()
+    job = latest.to_dict() if latest else None
+    if job:
+        counts = (
+            f"**Indexed** {job['indexed']} · **unchanged** {job['unchanged']} · "
+            f"**skipped as duplicate** {job['duplicates']} · **not images** {job['not_images']}"
+            f" · **failed** {job['failed']} · **pruned** {job['pruned']} · "
+            f"{job['seconds']:.1f} s"
+        )
+        if job["error"]:
+            counts += f"\n\n⚠️ {job['error']}"
+        failures = [[f["uri"], f["reason"]] for f in job["failures"]]
+    else:
+        counts, failures = "", []
+    running = bool(latest and latest.running)
+    return _progress_html(job), counts, failures, pipeline.stats(), gr.update(active=running)
+
+
+def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], dict, Any]:
+    try:
+        get_pipeline().jobs.start(source, prune=prune)
+    except SearchError as exc:
+        gr.Warning(str(exc))
+    return _job_view()
+
+
+def stop_index() -> tuple[str, str, list[list[str]], dict, Any]:
+    get_pipeline().jobs.stop()
+    return _job_view()
+
+
+def reset_index(confirmed: bool) -> tuple[dict[str, Any], Any, str]:
+    pipeline = get_pipeline()
+    if not confirmed:
+        return pipeline.stats(), gr.update(), "Tick the box to confirm the reset."
+    if pipeline.jobs.active() is not None:
+        return pipeline.stats(), gr.update(value=False), "Stop the running job first."
+    removed = pipeline.index.count()
+    pipeline.index.reset()
+    return pipeline.stats(), gr.update(value=False), f"Removed {removed} item(s)."
+
+
+def build_demo() -> gr.Blocks:
+    pipeline = get_pipeline()
+    pipeline.bootstrap_sample()  # first start: a catalogue to search right away
+    supports_text = pipeline.embedder.supports_text
+    examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
+    with gr.Blocks(title="Visual search") as demo:
+        gr.Markdown("# Visual search\nUpload a photo, pick an object, find similar catalogue images.")
+        with gr.Tab("Search", id="search-tab", elem_id="search-tab"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = QueryImage(
+                        type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"],
+                        elem_id="query-image", height=360,
+                    )
+                    choice = gr.Dropdown(
+                        label="Object", choices=[("Whole image", WHOLE)], value=WHOLE,
+                        elem_id="object-choice", interactive=True,
+                    )
+                    with gr.Accordion("Manual crop (percent of the image)", open=False):
+                        with gr.Row():
+                            left = gr.Slider(0, 100, 0, step=1, label="Left", elem_id="crop-left")
+                            right = gr.Slider(0, 100, 100, step=1, label="Right", elem_id="crop-right")
+                        with gr.Row():
+                            top = gr.Slider(0, 100, 0, step=1, label="Top", elem_id="crop-top")
+                            bottom = gr.Slider(0, 100, 100, step=1, label="Bottom", elem_id="crop-bottom")
+                    text = gr.Textbox(
+                        label="Text (optional)", elem_id="query-text", max_lines=2,
+                        interactive=supports_text,
+                        placeholder="e.g. 'this, but in red'" if supports_text else
+                        "Text queries need SEARCH_EMBEDDER=clip or titan",
+                    )
+                    k = gr.Slider(1, 50, 12, step=1, label="Results (K)", elem_id="k-slider")
+                    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[image], label="Examples")
+                with gr.Column(scale=2):
+                    detections = gr.Image(label="Detected objects", interactive=False,
+                                          elem_id="detections-image", height=360)
+                    status = gr.Markdown(elem_id="search-status")
+                    gallery = gr.Gallery(label="Similar images", columns=4, height="auto",
+                                         elem_id="results", object_fit="contain")
+            search_inputs = [image, choice, k, text, left, top, right, bottom]
+            image.change(on_image, [image], [detections, choice, status], api_name="analyze",
+                         concurrency_id="search").then(
+                run_search, search_inputs, [gallery, status], api_visibility="private",
+                concurrency_id="search",
+            )
+            search_button.click(run_search, search_inputs, [gallery, status], api_name="search",
+                                concurrency_id="search")
+            for trigger in (choice.input, text.submit):
+                trigger(run_search, search_inputs, [gallery, status], api_visibility="private",
+                        concurrency_id="search")
+        with gr.Tab("Index", id="index-tab", elem_id="index-tab"):
+            default_source = str(pipeline.settings.sample_catalogue or "")
+            with gr.Row():
+                source = gr.Textbox(label="Source: folder path or s3://bucket/prefix",
+                                    value=default_source, elem_id="index-source", scale=4)
+                prune = gr.Checkbox(label="Remove items whose file is gone", elem_id="index-prune")
+            with gr.Row():
+                start = gr.Button("Start indexing", variant="primary", elem_id="index-start")
+                stop = gr.Button("Stop", elem_id="index-stop")
+            progress = gr.HTML(_progress_html(None), elem_id="index-progress")
+            counts = gr.Markdown(elem_id="index-counts")
+            failures = gr.Dataframe(headers=["file", "reason"], label="Failed files",
+                                    elem_id="index-failures", interactive=False, wrap=True)
+            stats = gr.JSON(label="Index", elem_id="index-stats")
+            with gr.Row():
+                confirm = gr.Checkbox(label="Yes, remove every item from the index",
+                                      elem_id="reset-confirm")
+                reset = gr.Button("Reset index", variant="stop", elem_id="index-reset")
+            reset_status = gr.Markdown(elem_id="reset-status")
+            timer = gr.Timer(1.0, active=False)
+            view = [progress, counts, failures, stats, timer]
+            start.click(start_index, [source, prune], view, api_name="start_index")
+            stop.click(stop_index, None, view, api_name="stop_index")
+            timer.tick(_job_view, None, view, api_name="index_status", show_progress="hidden")
+            reset.click(reset_index, [confirm], [stats, confirm, reset_status], api_name="reset")
+        demo.load(_job_view, None, view, api_visibility="private")
+    return demo
+
+
+if __name__ == "__main__":
+    from search_core.server import main
+
+    raise SystemExit(main(build_demo))

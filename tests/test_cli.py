@@ -1,0 +1,108 @@
+"""The CLI contract other tools rely on, run as real subprocesses with the real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search_core", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+@pytest.fixture()
+def cli_env(data_dir: Path) -> dict[str, str]:
+    return dict(os.environ)
+
+
+@pytest.fixture()
+def corpus(grocery: Path, tmp_path: Path) -> Path:
+    """Five photos of each of four classes, plus a bad file."""
+    root = tmp_path / "corpus"
+    for name in ("Banana", "Lemon", "Red-Bell-Pepper", "Arla-Standard-Milk"):
+        folder = next(grocery.glob(f"train/**/{name}"))
+        (root / name).mkdir(parents=True)
+        for photo in sorted(folder.glob("*.jpg"))[:5]:
+            shutil.copy(photo, root / name / photo.name)
+    (root / "Lemon" / "fake.jpg").write_bytes(b"%PDF-1.4 not a photo")
+    return root
+
+
+def test_index_stats_search_reset(cli_env: dict[str, str], corpus: Path, grocery: Path) -> None:
+    indexed = run_cli("index", str(corpus), env=cli_env)
+    assert indexed.returncode == 0, indexed.stderr
+    assert "fake.jpg: not an image: a PDF document" in indexed.stderr
+    summary = last_json(indexed.stdout)
+    assert summary["indexed"] == 20 and summary["failed"] == 1
+
+    stats = last_json(run_cli("stats", env=cli_env).stdout)
+    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0"
+    assert stats["dimension"] == 1280
+
+    query = next(grocery.glob("val/**/Banana/*.jpg"))
+    searched = run_cli("search", str(query), "--k", "3", "--object", "whole", env=cli_env)
+    assert searched.returncode == 0, searched.stderr
+    results = last_json(searched.stdout)["results"]
+    assert len(results) == 3
+    assert {"uri", "score"} <= set(results[0])
+    assert Path(results[0]["uri"]).parent.name == "Banana"
+    assert results[0]["score"] >= results[-1]["score"]
+
+    auto = run_cli("search", str(query), "--k", "3", env=cli_env)  # detect -> choose -> crop
+    assert auto.returncode == 0, auto.stderr
+    assert len(last_json(auto.stdout)["results"]) == 3
+
+    reset = run_cli("reset", env=cli_env)
+    assert reset.returncode == 0 and last_json(reset.stdout)["count"] == 0
+
+
+def test_eval_reports_recall_and_map(cli_env: dict[str, str], corpus: Path, tmp_path: Path,
+                                     grocery: Path) -> None:
+    queries = tmp_path / "queries"
+    for name in ("Banana", "Lemon"):
+        (queries / name).mkdir(parents=True)
+        for photo in sorted(next(grocery.glob(f"val/**/{name}")).glob("*.jpg"))[:3]:
+            shutil.copy(photo, queries / name / photo.name)
+    result = run_cli("eval", "--corpus", str(corpus), "--queries", str(queries),
+                     "--object", "whole", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    figures = last_json(result.stdout)
+    for key in ("recall@1", "recall@5", "recall@10", "map@10"):
+        assert 0.0 <= figures[key] <= 1.0
+    assert figures["queries"] == 6
+    assert figures["recall@10"] >= figures["recall@5"] >= figures["recall@1"]
+    assert figures["recall@10"] >= 0.5  # bananas and lemons are easy among four classes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "/no/such/file.jpg"), "image not found"),
+        (("index", str(REPO / "no-such-folder")), "folder not found"),
+        (("index", "/etc"), "outside the allowed folders"),
+        (("search", "README.md"), "not an image"),
+        (("index", "ftp://example/x"), "unsupported source"),
+    ],
+)
+def test_errors_are_one_clear_line(cli_env: dict[str, str], args: tuple[str, ...],
+                                   message: str) -> None:
+    result = run_cli(*args, env=cli_env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
