@@ -10,17 +10,17 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import html  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import html
+from pathlib import Path
+from typing import Any
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from search_core.crop import box_from_pixels, draw_detections  # noqa: E402
-from search_core.errors import ImageError, SearchError  # noqa: E402
-from search_core.factory import get_pipeline  # noqa: E402
-from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice  # noqa: E402
-from search_core.sources import open_source  # noqa: E402
+from search_core.crop import box_from_pixels, draw_detections
+from search_core.errors import ImageError, SearchError
+from search_core.factory import get_pipeline
+from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
+from search_core.sources import open_source
 
 MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
@@ -98,8 +98,14 @@ def _label(analyzed: AnalyzedImage, value: str) -> str:
 
 
 def run_search(
-    path: str | None, choice: str, k: float, text: str,
-    left: float, top: float, right: float, bottom: float,
+    path: str | None,
+    choice: str,
+    k: float,
+    text: str,
+    left: float,
+    top: float,
+    right: float,
+    bottom: float,
 ) -> tuple[list[tuple[Any, str]], str]:
     """Crop the chosen object, embed it, and show the top K with score and source."""
     pipeline = get_pipeline()
@@ -124,13 +130,16 @@ def run_search(
             gallery.append((preview, caption))
     if not hits:
         count = pipeline.index.count()
-        message = ("The index is empty: add images in the Index tab." if count == 0
-                   else "No results.")
+        message = (
+            "The index is empty: add images in the Index tab." if count == 0 else "No results."
+        )
         return [], message
     note = f" {AOSS_NOTE}" if "aoss" in str(pipeline.stats().get("endpoint", "")) else ""
     what = ""
     if analyzed is not None:
-        what = " for **manual crop**" if choice == MANUAL else f" for **{_label(analyzed, choice)}**"
+        what = (
+            " for **manual crop**" if choice == MANUAL else f" for **{_label(analyzed, choice)}**"
+        )
     if text:
         what += f" with text “{html.escape(text[:80])}”"
     return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images{what}.{note}"
@@ -205,69 +214,121 @@ def build_demo() -> gr.Blocks:
     supports_text = pipeline.embedder.supports_text
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
     with gr.Blocks(title="Visual search") as demo:
-        gr.Markdown("# Visual search\nUpload a photo, pick an object, find similar catalogue images.")
+        gr.Markdown(
+            "# Visual search\nUpload a photo, pick an object, find similar catalogue images."
+        )
         with gr.Tab("Search", id="search-tab", elem_id="search-tab"):
             with gr.Row():
                 with gr.Column(scale=1):
                     image = QueryImage(
-                        type="filepath", label="Photo", sources=["upload", "clipboard", "webcam"],
-                        elem_id="query-image", height=360,
+                        type="filepath",
+                        label="Photo",
+                        sources=["upload", "clipboard", "webcam"],
+                        elem_id="query-image",
+                        height=360,
                     )
                     choice = gr.Dropdown(
-                        label="Object", choices=[("Whole image", WHOLE)], value=WHOLE,
-                        elem_id="object-choice", interactive=True,
+                        label="Object",
+                        choices=[("Whole image", WHOLE)],
+                        value=WHOLE,
+                        elem_id="object-choice",
+                        interactive=True,
                     )
                     with gr.Accordion("Manual crop (percent of the image)", open=False):
                         with gr.Row():
                             left = gr.Slider(0, 100, 0, step=1, label="Left", elem_id="crop-left")
-                            right = gr.Slider(0, 100, 100, step=1, label="Right", elem_id="crop-right")
+                            right = gr.Slider(
+                                0, 100, 100, step=1, label="Right", elem_id="crop-right"
+                            )
                         with gr.Row():
                             top = gr.Slider(0, 100, 0, step=1, label="Top", elem_id="crop-top")
-                            bottom = gr.Slider(0, 100, 100, step=1, label="Bottom", elem_id="crop-bottom")
+                            bottom = gr.Slider(
+                                0, 100, 100, step=1, label="Bottom", elem_id="crop-bottom"
+                            )
                     text = gr.Textbox(
-                        label="Text (optional)", elem_id="query-text", max_lines=2,
+                        label="Text (optional)",
+                        elem_id="query-text",
+                        max_lines=2,
                         interactive=supports_text,
-                        placeholder="e.g. 'this, but in red'" if supports_text else
-                        "Text queries need SEARCH_EMBEDDER=clip or titan",
+                        placeholder="e.g. 'this, but in red'"
+                        if supports_text
+                        else "Text queries need SEARCH_EMBEDDER=clip or titan",
                     )
                     k = gr.Slider(1, 50, 12, step=1, label="Results (K)", elem_id="k-slider")
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                     if examples:
                         gr.Examples(examples=examples, inputs=[image], label="Examples")
                 with gr.Column(scale=2):
-                    detections = gr.Image(label="Detected objects", interactive=False,
-                                          elem_id="detections-image", height=360)
+                    detections = gr.Image(
+                        label="Detected objects",
+                        interactive=False,
+                        elem_id="detections-image",
+                        height=360,
+                    )
                     status = gr.Markdown(elem_id="search-status")
-                    gallery = gr.Gallery(label="Similar images", columns=4, height="auto",
-                                         elem_id="results", object_fit="contain")
+                    gallery = gr.Gallery(
+                        label="Similar images",
+                        columns=4,
+                        height="auto",
+                        elem_id="results",
+                        object_fit="contain",
+                    )
             search_inputs = [image, choice, k, text, left, top, right, bottom]
-            image.change(on_image, [image], [detections, choice, status], api_name="analyze",
-                         concurrency_id="search").then(
-                run_search, search_inputs, [gallery, status], api_visibility="private",
+            image.change(
+                on_image,
+                [image],
+                [detections, choice, status],
+                api_name="analyze",
+                concurrency_id="search",
+            ).then(
+                run_search,
+                search_inputs,
+                [gallery, status],
+                api_visibility="private",
                 concurrency_id="search",
             )
-            search_button.click(run_search, search_inputs, [gallery, status], api_name="search",
-                                concurrency_id="search")
+            search_button.click(
+                run_search,
+                search_inputs,
+                [gallery, status],
+                api_name="search",
+                concurrency_id="search",
+            )
             for trigger in (choice.input, text.submit):
-                trigger(run_search, search_inputs, [gallery, status], api_visibility="private",
-                        concurrency_id="search")
+                trigger(
+                    run_search,
+                    search_inputs,
+                    [gallery, status],
+                    api_visibility="private",
+                    concurrency_id="search",
+                )
         with gr.Tab("Index", id="index-tab", elem_id="index-tab"):
             default_source = str(pipeline.settings.sample_catalogue or "")
             with gr.Row():
-                source = gr.Textbox(label="Source: folder path or s3://bucket/prefix",
-                                    value=default_source, elem_id="index-source", scale=4)
+                source = gr.Textbox(
+                    label="Source: folder path or s3://bucket/prefix",
+                    value=default_source,
+                    elem_id="index-source",
+                    scale=4,
+                )
                 prune = gr.Checkbox(label="Remove items whose file is gone", elem_id="index-prune")
             with gr.Row():
                 start = gr.Button("Start indexing", variant="primary", elem_id="index-start")
                 stop = gr.Button("Stop", elem_id="index-stop")
             progress = gr.HTML(_progress_html(None), elem_id="index-progress")
             counts = gr.Markdown(elem_id="index-counts")
-            failures = gr.Dataframe(headers=["file", "reason"], label="Failed files",
-                                    elem_id="index-failures", interactive=False, wrap=True)
+            failures = gr.Dataframe(
+                headers=["file", "reason"],
+                label="Failed files",
+                elem_id="index-failures",
+                interactive=False,
+                wrap=True,
+            )
             stats = gr.JSON(label="Index", elem_id="index-stats")
             with gr.Row():
-                confirm = gr.Checkbox(label="Yes, remove every item from the index",
-                                      elem_id="reset-confirm")
+                confirm = gr.Checkbox(
+                    label="Yes, remove every item from the index", elem_id="reset-confirm"
+                )
                 reset = gr.Button("Reset index", variant="stop", elem_id="index-reset")
             reset_status = gr.Markdown(elem_id="reset-status")
             timer = gr.Timer(1.0, active=False)

@@ -27,17 +27,21 @@ def _print_json(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, ensure_ascii=True, sort_keys=False))
 
 
-def _pipeline(settings: Settings | None = None):  # noqa: ANN202 - avoids importing models early
+def _pipeline(settings: Settings | None = None):
     from search_core.factory import build_pipeline
 
     return build_pipeline(settings or Settings.from_env())
 
 
-def _progress_bar(total_hint: int = 0):  # noqa: ANN202
+def _progress_bar(total_hint: int = 0):
     from tqdm import tqdm
 
-    return tqdm(total=total_hint, unit="img", file=sys.stderr, disable=not sys.stderr.isatty()
-                and not os.environ.get("SEARCH_PROGRESS"))
+    return tqdm(
+        total=total_hint,
+        unit="img",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty() and not os.environ.get("SEARCH_PROGRESS"),
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -49,10 +53,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     estimate: dict[str, Any] = {}
 
     def progress(report: Any) -> None:
-        if (not estimate and getattr(report, "phase", "") == "embedding"
-                and needs_estimate(settings.embedder, settings.index)):
+        if (
+            not estimate
+            and getattr(report, "phase", "") == "embedding"
+            and needs_estimate(settings.embedder, settings.index)
+        ):
             cost = estimate_ingest(
-                report.planned, embedder=settings.embedder, index=settings.index,
+                report.planned,
+                embedder=settings.embedder,
+                index=settings.index,
                 dimension=pipeline.embedder.dimension,
                 titan_concurrency=settings.titan_max_concurrency,
             )
@@ -104,14 +113,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = pipeline.search(analyzed, args.object, k=args.k, text=args.text)
     for rank, hit in enumerate(hits, start=1):
         print(f"{rank:3d}  {hit.score:.4f}  {hit.uri}")
-    _print_json({
-        "objects": [
-            {"label": d.label, "confidence": round(d.confidence, 2),
-             "box": dataclasses.asdict(d.box)} for d in analyzed.detections
-        ],
-        "results": [{"uri": h.uri, "score": round(h.score, 6), "label": h.item.label}
-                    for h in hits],
-    })
+    _print_json(
+        {
+            "objects": [
+                {
+                    "label": d.label,
+                    "confidence": round(d.confidence, 2),
+                    "box": dataclasses.asdict(d.box),
+                }
+                for d in analyzed.detections
+            ],
+            "results": [
+                {"uri": h.uri, "score": round(h.score, 6), "label": h.item.label} for h in hits
+            ],
+        }
+    )
     return 0
 
 
@@ -140,13 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, data_dir=settings.data_dir / "eval" / key)
     pipeline = _pipeline(settings)
     report = pipeline.index_source(str(corpus))
-    print(f"corpus: {report.indexed} indexed, {report.unchanged} unchanged, "
-          f"{report.failed} failed", file=sys.stderr)
+    print(
+        f"corpus: {report.indexed} indexed, {report.unchanged} unchanged, {report.failed} failed",
+        file=sys.stderr,
+    )
     result = evaluate(pipeline, args.queries, choice=args.object, limit=args.limit)
     for failure_uri, reason in result.failed:
         print(f"failed query: {failure_uri}: {reason}", file=sys.stderr)
-    payload = {**result.to_dict(), "object": args.object, "corpus_size": pipeline.index.count(),
-               "embedder": pipeline.embedder.model_id}
+    payload = {
+        **result.to_dict(),
+        "object": args.object,
+        "corpus_size": pipeline.index.count(),
+        "embedder": pipeline.embedder.model_id,
+    }
     print("  ".join(f"{k} {v}" for k, v in payload.items()))
     _print_json(payload)
     return 0
@@ -155,7 +177,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search_core",
-        description="Reverse image search on your own catalogue (SEARCH_DATA_DIR selects the data).",
+        description="Reverse image search on your own catalogue "
+        "(SEARCH_DATA_DIR selects the data).",
     )
     parser.add_argument("--log-level", default=os.environ.get("SEARCH_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except SearchError as exc:

@@ -12,8 +12,18 @@ from search_core.errors import CropError
 from search_core.types import Box, Detection
 
 MIN_CROP_SIDE = 16
-_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def crop(
@@ -45,7 +55,9 @@ def box_from_pixels(x0: float, y0: float, x1: float, y1: float, width: int, heig
     """A fractional box from pixel corners in any order (a user's drag can go either way)."""
     left, right = sorted((x0, x1))
     top, bottom = sorted((y0, y1))
-    return Box(left / width, top / height, (right - left) / width, (bottom - top) / height).clamped()
+    return Box(
+        left / width, top / height, (right - left) / width, (bottom - top) / height
+    ).clamped()
 
 
 def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Image.Image:
@@ -58,9 +70,19 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Imag
         x0, y0, x1, y1 = detection.box.to_pixels(image.width, image.height)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
         text = f"{number} {detection.label}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
+        (tw, th), base = cv2.getTextSize(
+            text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2)
+        )
         ty = max(y0, th + base + 2)
         cv2.rectangle(canvas, (x0, ty - th - base - 2), (x0 + tw + 4, ty), color, -1)
-        cv2.putText(canvas, text, (x0 + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), max(1, thickness // 2), cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            text,
+            (x0 + 2, ty - base),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            max(1, thickness // 2),
+            cv2.LINE_AA,
+        )
     return Image.fromarray(canvas)

@@ -194,8 +194,9 @@ class Indexer:
                 extra={"version": entry.version, "source": getattr(source, "uri", "")},
             )
             tensor = self._preprocess([image])[0] if self._preprocess else None
-            return _Prepared(entry, meta=meta, image=None if tensor is not None else image,
-                             tensor=tensor)
+            return _Prepared(
+                entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
+            )
         except SearchError as exc:
             return _Prepared(entry, error=str(exc))
         except OSError as exc:
@@ -285,8 +286,11 @@ class Indexer:
             if not batch:
                 return
             results = self._embed(batch)
-            good = [(item, r) for item, r in zip(batch, results, strict=True)
-                    if isinstance(r, np.ndarray)]
+            good = [
+                (item, r)
+                for item, r in zip(batch, results, strict=True)
+                if isinstance(r, np.ndarray)
+            ]
             for item, result in zip(batch, results, strict=True):
                 if not isinstance(result, np.ndarray):
                     report.failures.append((item.entry.uri, result))
@@ -295,7 +299,8 @@ class Indexer:
                 metas = [item.meta for item, _ in good if item.meta is not None]
                 report.indexed += self.index.add(vectors, metas)  # raises: cannot go on
                 replaced = [
-                    existing[m.uri].sha256 for m in metas
+                    existing[m.uri].sha256
+                    for m in metas
                     if m.uri in existing and existing[m.uri].sha256 != m.sha256
                 ]
                 if replaced:
@@ -361,7 +366,8 @@ class Indexer:
             listed = {e.uri for e in entries}
             root = getattr(source, "uri", "")
             gone = [
-                item.sha256 for uri, item in existing.items()
+                item.sha256
+                for uri, item in existing.items()
                 if uri not in listed and item.extra.get("source") == root and in_shard(uri, shard)
             ]
             report.pruned = self.index.delete(gone)

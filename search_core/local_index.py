@@ -208,9 +208,11 @@ class LocalIndex:
         new = np.stack([np.frombuffer(row[3], dtype=np.float32) for row in rows])
         shas = [row[0] for row in rows]
         marks = ",".join("?" * len(shas))
-        ids = dict(self._conn.execute(
-            f"SELECT sha256, row FROM items WHERE sha256 IN ({marks})", shas
-        ).fetchall())
+        ids = dict(
+            self._conn.execute(
+                f"SELECT sha256, row FROM items WHERE sha256 IN ({marks})", shas
+            ).fetchall()
+        )
         start = len(self._items)
         end = start + len(new)
         if end > len(self._buffer):
@@ -274,8 +276,9 @@ class LocalIndex:
                 "dimension": self.dimension,
                 "model": self.model_id,
                 "search": "faiss-hnsw" if len(self._items) > self.hnsw_threshold else "exact",
-                "graph": "ready" if self._graph is not None
-                and self._graph.ntotal == len(self._items) else "none",
+                "graph": "ready"
+                if self._graph is not None and self._graph.ntotal == len(self._items)
+                else "none",
             }
 
     def search(
@@ -362,7 +365,11 @@ class LocalIndex:
                 graph.add(matrix[graph.ntotal :], int(rows[-1]))
             elif graph is None:
                 graph = AnnGraph.build(
-                    matrix, rows, key, m=self.hnsw_m, ef_construction=self.hnsw_ef_construction,
+                    matrix,
+                    rows,
+                    key,
+                    m=self.hnsw_m,
+                    ef_construction=self.hnsw_ef_construction,
                     max_dim=self.hnsw_dim,
                 )
             graph.save(self._graph_path)
@@ -387,8 +394,9 @@ class AnnGraph:
     The measured recall@10 against exact search is in docs/benchmarks.md (bench/ann.py).
     """
 
-    def __init__(self, index: Any, projection: np.ndarray | None, key: dict[str, Any],
-                 last_row: int) -> None:
+    def __init__(
+        self, index: Any, projection: np.ndarray | None, key: dict[str, Any], last_row: int
+    ) -> None:
         self.index = index
         self.projection = projection
         self.key = key
@@ -405,8 +413,17 @@ class AnnGraph:
         return np.ascontiguousarray(vectors @ self.projection)
 
     @classmethod
-    def build(cls, matrix: np.ndarray, rows: np.ndarray, key: dict[str, Any], *, m: int = 32,
-              ef_construction: int = 64, max_dim: int = 256, sample: int = 50_000) -> AnnGraph:
+    def build(
+        cls,
+        matrix: np.ndarray,
+        rows: np.ndarray,
+        key: dict[str, Any],
+        *,
+        m: int = 32,
+        ef_construction: int = 64,
+        max_dim: int = 256,
+        sample: int = 50_000,
+    ) -> AnnGraph:
         import faiss
 
         projection = None
@@ -428,8 +445,15 @@ class AnnGraph:
             self.index.add(self._project(vectors[start : start + 50_000]))
         self.last_row = last_row
 
-    def search(self, query: np.ndarray, k: int, matrix: np.ndarray, *, ef_search: int = 128,
-               candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        matrix: np.ndarray,
+        *,
+        ef_search: int = 128,
+        candidates: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` positions in ``matrix`` and their exact scores."""
         candidates = max(k, candidates or max(RERANK_MIN, RERANK_FACTOR * k))
         self.index.hnsw.efSearch = max(ef_search, candidates)
@@ -452,7 +476,9 @@ class AnnGraph:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as handle:
             np.savez(
-                handle, graph=faiss.serialize_index(self.index), meta=np.array(meta),
+                handle,
+                graph=faiss.serialize_index(self.index),
+                meta=np.array(meta),
                 projection=self.projection if self.projection is not None else np.zeros(0),
             )
         os.replace(tmp, path)
@@ -468,9 +494,12 @@ class AnnGraph:
             with np.load(path) as data:
                 meta = json.loads(str(data["meta"]))
                 ntotal = int(meta["ntotal"])
-                if ({"uuid": meta.get("uuid"), "generation": meta.get("generation")} != key
-                        or ntotal > len(rows) or ntotal == 0
-                        or int(rows[ntotal - 1]) != int(meta["last_row"])):
+                if (
+                    {"uuid": meta.get("uuid"), "generation": meta.get("generation")} != key
+                    or ntotal > len(rows)
+                    or ntotal == 0
+                    or int(rows[ntotal - 1]) != int(meta["last_row"])
+                ):
                     return None
                 index = faiss.deserialize_index(data["graph"])
                 projection = data["projection"] if data["projection"].size else None

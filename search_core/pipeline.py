@@ -19,7 +19,7 @@ from search_core.config import Settings
 from search_core.crop import crop
 from search_core.errors import ImageError, SearchError
 from search_core.images import load_image, sha256_hex
-from search_core.indexing import IndexReport, Indexer, ProgressCallback, parse_shard
+from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import Detector, Embedder, VectorIndex
 from search_core.jobs import JobManager
 from search_core.sources import open_source
@@ -69,7 +69,9 @@ def parse_object(choice: str | int | None) -> str | int:
     try:
         number = int(choice)
     except ValueError as exc:
-        raise SearchError(f"--object must be auto, whole or an object number, got {choice!r}") from exc
+        raise SearchError(
+            f"--object must be auto, whole or an object number, got {choice!r}"
+        ) from exc
     if number < 1:
         raise SearchError("object numbers start at 1")
     return number - 1
@@ -190,7 +192,9 @@ class SearchPipeline:
     ) -> list[SearchHit]:
         return self.search_vector(self.query_vector(analyzed, choice, text), k, filters)
 
-    def search_bytes(self, data: bytes, choice: str | int | None = AUTO, k: int = 10) -> list[SearchHit]:
+    def search_bytes(
+        self, data: bytes, choice: str | int | None = AUTO, k: int = 10
+    ) -> list[SearchHit]:
         return self.search(self.analyze(data), choice, k=k)
 
     # -- indexing ------------------------------------------------------------------------------
@@ -240,8 +244,9 @@ class SearchPipeline:
         from search_core.sources import read_uri
 
         try:
-            return load_image(read_uri(uri, self.settings), max_side=max_side,
-                              max_pixels=self.settings.max_pixels)
+            return load_image(
+                read_uri(uri, self.settings), max_side=max_side, max_pixels=self.settings.max_pixels
+            )
         except (SearchError, OSError) as exc:
             log.warning("no preview for %s: %s", uri, exc)
             return None

@@ -44,10 +44,10 @@ class Box:
     def to_pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) in pixels of an image of the given size, clamped to it."""
         box = self.clamped()
-        x0 = int(round(box.left * width))
-        y0 = int(round(box.top * height))
-        x1 = int(round((box.left + box.width) * width))
-        y1 = int(round((box.top + box.height) * height))
+        x0 = round(box.left * width)
+        y0 = round(box.top * height)
+        x1 = round((box.left + box.width) * width)
+        y1 = round((box.top + box.height) * height)
         return x0, y0, max(x1, x0), max(y1, y0)
 
 

@@ -31,7 +31,7 @@ EXIF_ORIENTATION = 0x0112
 #: displayed frame of the EXIF-rotated photo: red band on top (this fraction), blue below
 ROTATED_SIZE = (240, 320)
 ROTATED_RED_FRACTION = 0.25
-LONG_TEXT = "red shoes " * 1000  # 10,000 characters
+LONG_TEXT = ("red shoes " * 1000)[:-1] + "!"  # 10,000 characters, none of them trailing space
 
 
 @dataclass(frozen=True)

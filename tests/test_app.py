@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from test_server import AppProcess
 
 pytestmark = pytest.mark.slow
@@ -22,8 +21,11 @@ def client_and_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
 
     tmp = tmp_path_factory.mktemp("app")
     catalogue = tmp / "catalogue"
-    server = AppProcess(tmp, SEARCH_SAMPLE_CATALOGUE="off",
-                        SEARCH_FOLDER_ROOTS=f"{tmp},{Path(__file__).resolve().parents[2]}").start()
+    server = AppProcess(
+        tmp,
+        SEARCH_SAMPLE_CATALOGUE="off",
+        SEARCH_FOLDER_ROOTS=f"{tmp},{Path(__file__).resolve().parents[2]}",
+    ).start()
     try:
         server.wait_for("/healthz", 200)
         yield Client(server.url + "/", verbose=False), catalogue
@@ -55,8 +57,7 @@ def _poll_job(client: object, timeout: float = 180) -> tuple:
     pytest.fail(f"indexing did not finish: {view[:2]}")
 
 
-def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path,
-                                       scenes: Path) -> None:
+def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, scenes: Path) -> None:
     from gradio_client import handle_file
 
     client, catalogue = client_and_dirs
@@ -68,8 +69,9 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path,
 
     # Empty index: a search says what to do instead of failing.
     query = scenes / "grocery_Banana.jpg"
-    gallery, status = client.predict(handle_file(str(query)), "whole", 5, "", 0, 0, 100, 100,
-                                     api_name="/search")
+    gallery, status = client.predict(
+        handle_file(str(query)), "whole", 5, "", 0, 0, 100, 100, api_name="/search"
+    )
     assert gallery == [] and "index is empty" in status
 
     client.predict(str(catalogue), False, api_name="/start_index")
@@ -81,8 +83,9 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path,
     assert stats["count"] == 18 and stats["embedder"] == "efficientnet-lite0"
 
     # Analyse: boxes drawn, dropdown with numbered objects plus whole image and manual crop.
-    drawn, dropdown, message = client.predict(handle_file(str(scenes / "darknet_dog.jpg")),
-                                              api_name="/analyze")
+    drawn, dropdown, message = client.predict(
+        handle_file(str(scenes / "darknet_dog.jpg")), api_name="/analyze"
+    )
     assert Path(drawn).is_file()
     values = [value for _, value in dropdown["choices"]]
     assert values[0] == "whole" and values[-1] == "manual" and len(values) >= 4
@@ -91,17 +94,20 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path,
     assert any(label.startswith("Dog") for label in labels), labels
 
     # Search the banana photo: whole image, then a manual crop.
-    gallery, status = client.predict(handle_file(str(query)), "whole", 5, "", 0, 0, 100, 100,
-                                     api_name="/search")
+    gallery, status = client.predict(
+        handle_file(str(query)), "whole", 5, "", 0, 0, 100, 100, api_name="/search"
+    )
     assert len(gallery) == 5 and "Top 5 of 18" in status
     assert "· Banana ·" in gallery[0]["caption"]
-    gallery, status = client.predict(handle_file(str(query)), "manual", 3, "", 10, 10, 90, 90,
-                                     api_name="/search")
+    gallery, status = client.predict(
+        handle_file(str(query)), "manual", 3, "", 10, 10, 90, 90, api_name="/search"
+    )
     assert len(gallery) == 3 and "manual crop" in status
 
     # A text query on an image-only embedder explains what to do.
-    gallery, status = client.predict(None, "whole", 5, "a yellow banana", 0, 0, 100, 100,
-                                     api_name="/search")
+    gallery, status = client.predict(
+        None, "whole", 5, "a yellow banana", 0, 0, 100, 100, api_name="/search"
+    )
     assert gallery == [] and "SEARCH_EMBEDDER=clip or titan" in status
 
     # Reset needs the confirmation tick.

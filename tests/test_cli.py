@@ -16,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "search_core", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", "search_core", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -71,15 +75,17 @@ def test_index_stats_search_reset(cli_env: dict[str, str], corpus: Path, grocery
     assert reset.returncode == 0 and last_json(reset.stdout)["count"] == 0
 
 
-def test_eval_reports_recall_and_map(cli_env: dict[str, str], corpus: Path, tmp_path: Path,
-                                     grocery: Path) -> None:
+def test_eval_reports_recall_and_map(
+    cli_env: dict[str, str], corpus: Path, tmp_path: Path, grocery: Path
+) -> None:
     queries = tmp_path / "queries"
     for name in ("Banana", "Lemon"):
         (queries / name).mkdir(parents=True)
         for photo in sorted(next(grocery.glob(f"val/**/{name}")).glob("*.jpg"))[:3]:
             shutil.copy(photo, queries / name / photo.name)
-    result = run_cli("eval", "--corpus", str(corpus), "--queries", str(queries),
-                     "--object", "whole", env=cli_env)
+    result = run_cli(
+        "eval", "--corpus", str(corpus), "--queries", str(queries), "--object", "whole", env=cli_env
+    )
     assert result.returncode == 0, result.stderr
     figures = last_json(result.stdout)
     for key in ("recall@1", "recall@5", "recall@10", "map@10"):
@@ -99,8 +105,9 @@ def test_eval_reports_recall_and_map(cli_env: dict[str, str], corpus: Path, tmp_
         (("index", "ftp://example/x"), "unsupported source"),
     ],
 )
-def test_errors_are_one_clear_line(cli_env: dict[str, str], args: tuple[str, ...],
-                                   message: str) -> None:
+def test_errors_are_one_clear_line(
+    cli_env: dict[str, str], args: tuple[str, ...], message: str
+) -> None:
     result = run_cli(*args, env=cli_env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -12,12 +12,22 @@ from search_core.config import Settings
 from search_core.evaluation import evaluate
 from search_core.factory import build_pipeline
 
-CLASSES = ("Banana", "Lemon", "Granny-Smith", "Red-Bell-Pepper", "Arla-Standard-Milk",
-           "Oatly-Natural-Oatghurt", "Yellow-Onion", "Tomato", "Cucumber", "Carrots")
+CLASSES = (
+    "Banana",
+    "Lemon",
+    "Granny-Smith",
+    "Red-Bell-Pepper",
+    "Arla-Standard-Milk",
+    "Oatly-Natural-Oatghurt",
+    "Yellow-Onion",
+    "Tomato",
+    "Cucumber",
+    "Carrots",
+)
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, grocery: Path):  # noqa: ANN201
+def indexed(tmp_path_factory: pytest.TempPathFactory, grocery: Path):
     tmp = tmp_path_factory.mktemp("e2e")
     corpus, queries = tmp / "corpus", tmp / "queries"
     for name in CLASSES:

@@ -34,8 +34,19 @@ def test_exif_rotation_is_applied_before_anything_else() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("CMYK", "JPEG"), ("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"),
-     ("1", "PNG"), ("RGB", "WEBP"), ("RGB", "GIF"), ("RGB", "BMP"), ("RGB", "TIFF")],
+    [
+        ("CMYK", "JPEG"),
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("1", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "GIF"),
+        ("RGB", "BMP"),
+        ("RGB", "TIFF"),
+    ],
 )
 def test_every_mode_becomes_rgb(mode: str, fmt: str) -> None:
     if mode == "I;16":

@@ -74,8 +74,9 @@ def test_stop_event_ends_at_a_batch_boundary(
     assert pipeline.index.count() == 10 and rest.indexed == 10 - report.indexed
 
 
-def test_background_job_reports_progress(pipeline: SearchPipeline, grocery: Path,
-                                         tmp_path: Path) -> None:
+def test_background_job_reports_progress(
+    pipeline: SearchPipeline, grocery: Path, tmp_path: Path
+) -> None:
     corpus = tmp_path / "corpus"
     _copy_classes(grocery, corpus, {"Lemon": 6})
     job = pipeline.jobs.start(str(corpus))

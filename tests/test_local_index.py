@@ -17,8 +17,12 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 
 def _items(n: int, prefix: str = "img") -> list[ItemMeta]:
-    return [ItemMeta(uri=f"/c/{'ab'[i % 2]}/{prefix}{i}.jpg", sha256=f"{prefix}{i:04d}",
-                     label="ab"[i % 2]) for i in range(n)]
+    return [
+        ItemMeta(
+            uri=f"/c/{'ab'[i % 2]}/{prefix}{i}.jpg", sha256=f"{prefix}{i:04d}", label="ab"[i % 2]
+        )
+        for i in range(n)
+    ]
 
 
 def test_add_search_dedupe_delete_reset(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search_core.config import SETTINGS_DOC  # noqa: E402
+from search_core.config import SETTINGS_DOC
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"

@@ -111,8 +111,9 @@ class ClipEmbedder:
         import torch
 
         self.load()
-        inputs = self._processor(text=list(texts), return_tensors="pt", padding=True,
-                                 truncation=True)
+        inputs = self._processor(
+            text=list(texts), return_tensors="pt", padding=True, truncation=True
+        )
         with torch.inference_mode():
             features = _tensor(self._model.get_text_features(**inputs))
         return _normalise(features.float().numpy())
