@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from _common import current_rss_mb, emit, machine, percentile, table
 
-from search_core.local_index import RERANK_FACTOR, RERANK_MIN, AnnGraph
+from search_core.local_index import RERANK_MIN, AnnGraph
 
 DIM = 1280
 

@@ -89,11 +89,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"of {report.total} in {report.seconds:.1f} s"
     )
     _print_json(summary)
-    if report.error and report.indexed == 0 and report.done == 0:
-        print(f"error: {report.error}", file=sys.stderr)
-        return EXIT_ERROR
     if report.error:
-        print(f"warning: {report.error}", file=sys.stderr)
+        # The run stopped early (disk full, backend down, model broken): scripts must see it.
+        # Finished batches are committed, so running the same command again resumes.
+        resume = (f" ({report.done} of {report.total} files done; run the same command again "
+                  "to resume)") if report.done else ""
+        print(f"error: {report.error}{resume}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 
@@ -107,6 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Before reading: a mistaken multi-GB path must not be loaded into memory first.
     check_upload_size(path.stat().st_size, settings.max_upload_bytes)
     pipeline = _pipeline(settings)
+    pipeline.check_text(args.text)  # fail before the analysis prints anything
     analyzed = pipeline.analyze(path.read_bytes())
     for number, detection in enumerate(analyzed.detections, start=1):
         print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)

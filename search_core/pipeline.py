@@ -149,14 +149,20 @@ class SearchPipeline:
 
     # -- search --------------------------------------------------------------------------------
 
-    def query_vector(
-        self, analyzed: AnalyzedImage | None, choice: str | int | Box | None, text: str | None
-    ) -> np.ndarray:
+    def check_text(self, text: str | None) -> str | None:
+        """The stripped text query, or None; SearchError when it is too long. Cheap, so callers
+        run it before the (slow) image analysis and fail fast with one clear message."""
         text = (text or "").strip() or None
         if text is not None and len(text) > MAX_TEXT_QUERY:
             raise SearchError(
                 f"the text query is too long ({len(text):,} characters; at most {MAX_TEXT_QUERY:,})"
             )
+        return text
+
+    def query_vector(
+        self, analyzed: AnalyzedImage | None, choice: str | int | Box | None, text: str | None
+    ) -> np.ndarray:
+        text = self.check_text(text)
         if analyzed is None and text is None:
             raise SearchError("give an image, a text, or both")
         image = None if analyzed is None else crop(analyzed.image, self.region(analyzed, choice))

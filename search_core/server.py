@@ -145,6 +145,12 @@ class _WarmUp:
             self._thread = threading.Thread(target=self._run, name="warm-up", daemon=True)
             self._thread.start()
 
+    def join(self, timeout: float) -> None:
+        """Waits for a load still in progress: interpreter shutdown while ONNX Runtime is
+        building a session in a daemon thread aborts the process (SIGABRT instead of exit 0)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _run(self) -> None:
         try:
             _pipeline().warm_up()
@@ -200,6 +206,7 @@ def create_app(
         yield
         # Runs after uvicorn stopped accepting and drained requests (SIGTERM or Ctrl+C).
         stop_jobs()
+        warm.join(JOB_STOP_TIMEOUT_S)
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -287,7 +294,8 @@ def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    _WarmUp().start()
+    warm = _WarmUp()
+    warm.start()
     demo.launch(
         share=True,
         auth=auth,
@@ -299,6 +307,7 @@ def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
     )
     stop.wait()
     stop_jobs()
+    warm.join(JOB_STOP_TIMEOUT_S)
     demo.close()
     return 0
 

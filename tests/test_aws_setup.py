@@ -22,6 +22,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.credentials import Credentials
 from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
 from moto import mock_aws
 from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection
@@ -67,7 +68,7 @@ class AccessPolicies:
             if name in self.data:
                 return self._reply(409, {"Error": {"Code": "ConflictException",
                                                    "Message": "exists"}})
-            self.data[name] = {"name": name, "type": body["type"], "policyVersion": "v1",
+            self.data[name] = {"name": name, "type": body["type"], "policyVersion": "version-000000000001",
                                "policy": json.loads(body["policy"])}
             return self._reply(200, {"accessPolicyDetail": self.data[name]})
         if op == "GetAccessPolicy":
@@ -77,8 +78,9 @@ class AccessPolicies:
         if op == "UpdateAccessPolicy":
             current = self.data[name]
             assert body["policyVersion"] == current["policyVersion"]
+            number = int(current["policyVersion"].rsplit("-", 1)[1]) + 1
             current.update(policy=json.loads(body["policy"]),
-                           policyVersion=f"v{int(current['policyVersion'][1:]) + 1}")
+                           policyVersion=f"version-{number:012d}")
             return self._reply(200, {"accessPolicyDetail": current})
         if op == "DeleteAccessPolicy":
             if self.data.pop(name, None) is None:
@@ -114,8 +116,9 @@ def env() -> Iterator[tuple]:
         sts = boto3.client("sts", region_name="us-east-1")
         index_client = OpenSearch(
             hosts=[fake.url], connection_class=RequestsHttpConnection,
+            # moto swaps the environment credentials for its own: sign with the fake's.
             http_auth=RequestsAWSV4SignerAuth(
-                boto3.Session().get_credentials(), "us-east-1", "aoss"),
+                Credentials(FAKE_KEY, FAKE_SECRET), "us-east-1", "aoss"),
         )
         yield aoss, sts, index_client, policies, fake
 

@@ -34,8 +34,11 @@ def test_requirements_install_into_fresh_venv(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     pip = subprocess.run(
-        [str(python), "-m", *PIP_COMMAND.replace("/app/requirements.txt", str(REQUIREMENTS))
-         .split()],
+        [
+            str(python),
+            "-m",
+            *PIP_COMMAND.replace("/app/requirements.txt", str(REQUIREMENTS)).split(),
+        ],
         capture_output=True,
         text=True,
         timeout=1500,

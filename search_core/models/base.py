@@ -10,14 +10,14 @@ import hashlib
 import os
 import threading
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from search_core.errors import ConfigError
 
 
-@lru_cache(maxsize=None)
+@cache
 def _checksums(models_dir: Path) -> dict[str, str]:
     sums_file = models_dir / "SHA256SUMS"
     if not sums_file.exists():

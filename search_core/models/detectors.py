@@ -20,7 +20,7 @@ from search_core.interfaces import Detector
 from search_core.models.nanodet import NanoDetDetector
 from search_core.models.nms import class_aware_nms
 from search_core.models.objectron_ssd import ObjectronSsdDetector
-from search_core.types import Detection
+from search_core.types import Box, Detection
 
 # raw label (lower case, either model) -> (display label, group of equivalent labels)
 # Labels not listed keep their own name (title-cased) and form a group of their own.
@@ -101,12 +101,14 @@ class MergedDetector:
         max_instances: int = 20,
         iou: float = 0.5,
         same_box_iou: float = 0.85,
+        nested_overlap: float = 0.8,
     ) -> None:
         self.detectors = list(detectors)
         self.min_confidence = min_confidence
         self.max_instances = max_instances
         self.iou = iou
         self.same_box_iou = same_box_iou
+        self.nested_overlap = nested_overlap
         self.name = "+".join(d.name for d in self.detectors) or "none"
 
     def load(self) -> None:
@@ -161,13 +163,39 @@ class MergedDetector:
         final = class_aware_nms(
             boxes[keep], scores[keep], agnostic, self.same_box_iou, self.max_instances
         )
-        return [candidates[keep[i]] for i in final]
+        kept = [(candidates[keep[i]], groups[keep[i]]) for i in final]
+        return self._drop_nested(kept)
+
+    def _drop_nested(self, kept: list[tuple[Detection, str]]) -> list[Detection]:
+        """Two boxes of one label where one mostly covers the other (the two models framing one
+        dog tightly and loosely: IoU just under the NMS threshold) are one object for a user
+        choosing from a list; the more confident box stays."""
+        result: list[tuple[Detection, str]] = []
+        for detection, group in kept:  # already sorted by confidence
+            nested = False
+            for other, other_group in result:
+                if other_group != group:
+                    continue
+                inter = _intersection(detection.box, other.box)
+                smaller = min(detection.box.area, other.box.area)
+                if smaller > 0 and inter / smaller >= self.nested_overlap:
+                    nested = True
+                    break
+            if not nested:
+                result.append((detection, group))
+        return [detection for detection, _ in result]
 
     def detect(self, image: Image.Image) -> list[Detection]:
         found: list[Detection] = []
         for detector in self.detectors:
             found.extend(detector.detect(image))
         return self.merge(found)
+
+
+def _intersection(a: Box, b: Box) -> float:
+    width = min(a.left + a.width, b.left + b.width) - max(a.left, b.left)
+    height = min(a.top + a.height, b.top + b.height) - max(a.top, b.top)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def build_local_detector(settings: Settings) -> MergedDetector:

@@ -1,0 +1,93 @@
+"""``kill -9`` in the middle of local indexing, then the same command again.
+
+Real processes, real models, a few hundred real photos: the CLI is killed twice while it
+writes, and each time the index must open, the next run must finish the job, and in the end
+every image must be in the index exactly once (nothing lost, nothing doubled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APPLES = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Apple"
+KILL_AT = (0.25, 0.6)  # fractions of the corpus after which the running CLI is killed
+DEADLINE_S = 300.0
+
+
+def _count(db: Path) -> int:
+    """Rows committed so far, read the way another process would (read-only, WAL-aware)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # schema not created yet
+
+
+def _env(data: Path) -> dict[str, str]:
+    return {**os.environ, "SEARCH_DATA_DIR": str(data), "SEARCH_DETECTOR": "none",
+            "SEARCH_SAMPLE_CATALOGUE": "off", "SEARCH_FOLDER_ROOTS": str(APPLES.parent),
+            "SEARCH_BATCH_SIZE": "16"}
+
+
+def _start(data: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "search_core", "index", str(APPLES)],
+                            cwd=REPO, env=_env(data), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_during_indexing_then_rerun(tmp_path: Path) -> None:
+    if not APPLES.is_dir():
+        pytest.skip(f"shared test data not found: {APPLES}")
+    files = sorted(p for p in APPLES.rglob("*") if p.is_file())
+    total = len(files)
+    assert total >= 200
+    data = tmp_path / "data"
+    db = data / "index.sqlite3"
+    kills = []
+    for fraction in KILL_AT:
+        proc = _start(data)
+        target = int(total * fraction)
+        deadline = time.monotonic() + DEADLINE_S
+        while proc.poll() is None and _count(db) < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        kills.append((proc.returncode, _count(db)))
+    # Each kill hit a live process half-way (SIGKILL -> returncode -9), not a finished one.
+    assert all(code == -signal.SIGKILL for code, _ in kills), kills
+    assert 0 < kills[0][1] < kills[1][1] < total, kills
+
+    final = subprocess.run([sys.executable, "-m", "search_core", "index", str(APPLES)],
+                           cwd=REPO, env=_env(data), capture_output=True, text=True,
+                           timeout=DEADLINE_S)
+    assert final.returncode == 0, final.stderr
+    summary = json.loads(final.stdout.strip().splitlines()[-1])
+    assert summary["failed"] == 0 and summary["duplicates"] == 0
+    assert summary["unchanged"] == kills[1][1]  # resumed: what landed before is kept
+    assert summary["indexed"] + summary["unchanged"] == total
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT uri, sha256, length(vector) FROM items").fetchall()
+    uris = [uri for uri, _, _ in rows]
+    assert len(rows) == total  # nothing lost ...
+    assert len(set(uris)) == total and len({sha for _, sha, _ in rows}) == total  # ... or doubled
+    assert set(uris) == {str(p) for p in files}
+    assert {length for _, _, length in rows} == {1280 * 4}
+
+    again = subprocess.run([sys.executable, "-m", "search_core", "stats"], cwd=REPO,
+                           env=_env(data), capture_output=True, text=True, timeout=120)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["count"] == total
