@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import GROCERY, REPO, emit, image_files, machine, require_dir, table
 
 from search_core.images import load_image
-from search_core.indexing import Indexer, default_workers
+from search_core.indexing import DEFAULT_WORKER_NICENESS, Indexer, default_workers
 from search_core.local_index import LocalIndex
 from search_core.models.efficientnet import EfficientNetEmbedder, preprocess
 from search_core.sources import FolderSource
@@ -59,12 +59,14 @@ def model_throughput(embedder: EfficientNetEmbedder, files: list[Path], batch_si
 
 
 def ingest_throughput(
-    embedder: EfficientNetEmbedder, folder: Path, files: list[Path], batch_size: int, workers: int
+    embedder: EfficientNetEmbedder, folder: Path, files: list[Path], batch_size: int,
+    workers: int, niceness: int = DEFAULT_WORKER_NICENESS,
 ) -> tuple[float, int, float]:
     """(images per second, images indexed, seconds) of a full Indexer run into a fresh index."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         index = LocalIndex(Path(tmp), dimension=embedder.dimension, model_id=embedder.model_id)
-        indexer = Indexer(embedder, index, batch_size=batch_size, workers=workers)
+        indexer = Indexer(embedder, index, batch_size=batch_size, workers=workers,
+                          worker_niceness=niceness)
         report = indexer.run(ListedSource(folder, files))
         if report.failures:
             print(f"warning: {len(report.failures)} failures, first: {report.failures[0]}")
@@ -72,18 +74,21 @@ def ingest_throughput(
 
 
 def measure(
-    folder: Path, files: list[Path], *, batch_size: int, workers: int, threads: int
+    folder: Path, files: list[Path], *, batch_size: int, workers: int, threads: int,
+    niceness: int = DEFAULT_WORKER_NICENESS,
 ) -> dict[str, float | int]:
     embedder = EfficientNetEmbedder(REPO / "models", threads=threads, batch_size=batch_size)
     embedder.load()
     embedder.forward(preprocess([load_image(f.read_bytes()) for f in files[:batch_size]]))
     before = model_throughput(embedder, files, batch_size)
-    ingest, indexed, seconds = ingest_throughput(embedder, folder, files, batch_size, workers)
+    ingest, indexed, seconds = ingest_throughput(embedder, folder, files, batch_size, workers,
+                                                 niceness)
     after = model_throughput(embedder, files, batch_size)
     model = (before + after) / 2
     return {
         "batch_size": batch_size,
         "workers": workers,
+        "worker_niceness": niceness,
         "onnx_threads": threads or (os.cpu_count() or 1),
         "images": indexed,
         "seconds": round(seconds, 2),

@@ -49,6 +49,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     pipeline = _pipeline()
     settings = pipeline.settings
+    # Load the embedder first: a missing or corrupted model file is one clear error now,
+    # not the same failure repeated for every file of the run.
+    load = getattr(pipeline.embedder, "load", None)
+    if callable(load):
+        load()
     bar = _progress_bar()
     estimate: dict[str, Any] = {}
 

@@ -8,6 +8,7 @@ Every batch is committed on its own: after a crash the next run skips what alrea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif"}
 MAX_CONSECUTIVE_FAILED_BATCHES = 3
+#: nice value of the preparation threads (0 = same priority as inference); see _lower_priority
+DEFAULT_WORKER_NICENESS = 10
 
 
 @dataclass
@@ -124,6 +127,17 @@ def default_workers() -> int:
     return max(2, os.cpu_count() or 1)
 
 
+def _lower_priority(niceness: int) -> None:
+    """Runs in each preparation thread: on Linux a thread has its own nice value, so the
+    inference threads preempt decoding whenever they are runnable. With intra-op parallelism
+    one preempted inference thread stalls the whole operator; decoding only needs to keep a
+    few batches ahead, which it does in the gaps."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):  # not permitted (some containers): normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+
+
 def label_from_uri(uri: str) -> str:
     """The parent folder name: the class in folder-per-class catalogues."""
     return PurePosixPath(uri.replace("\\", "/")).parent.name
@@ -147,8 +161,10 @@ class Indexer:
         max_bytes: int = 50 * 1024 * 1024,
         max_pixels: int = 50_000_000,
         max_side: int = 2048,
+        worker_niceness: int = DEFAULT_WORKER_NICENESS,
     ) -> None:
         self.embedder = embedder
+        self.worker_niceness = worker_niceness
         self.index = index
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers or default_workers())
@@ -312,7 +328,9 @@ class Indexer:
             batch.clear()
             tick()
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="prepare") as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="prepare",
+                                initializer=_lower_priority,
+                                initargs=(self.worker_niceness,)) as pool:
             stream = self._prepared_stream(source, todo, pool)
             try:
                 for prepared in stream:

@@ -171,13 +171,6 @@ def stop_jobs(timeout: float = JOB_STOP_TIMEOUT_S) -> None:
 # --------------------------------------------------------------------------- the ASGI app
 
 
-def _allowed_paths(settings: Settings) -> list[str]:
-    """Folders whose files the gallery may serve: the catalogue roots and the data dir (Gradio
-    refuses to serve files outside the working directory unless they are listed)."""
-    paths = {str(p) for p in settings.folder_roots} | {str(settings.data_dir)}
-    return sorted(paths)
-
-
 def create_app(
     build_demo: BuildDemo,
     *,
@@ -237,7 +230,6 @@ def create_app(
         path="/",
         auth=auth,
         root_path=root_path or None,
-        allowed_paths=_allowed_paths(settings),
         max_file_size=settings.max_upload_bytes,
         show_error=True,
         ssr_mode=False,  # SSR needs a Node server next to Python; the image has none

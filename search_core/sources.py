@@ -108,15 +108,23 @@ class FolderSource:
             return handle.read()
 
 
+def _s3_source(uri: str, settings: Settings) -> ImageSource:
+    """``S3Source(uri, settings)``; imported lazily so folder-only installs need no boto3."""
+    try:
+        from search_core.aws.s3_source import S3Source
+    except ImportError as exc:
+        raise SourceError(f"S3 sources need boto3 (pip install -r requirements.txt): {exc}") \
+            from exc
+    return S3Source(uri, settings)
+
+
 def open_source(uri: str, settings: Settings) -> ImageSource:
     """A source for a folder path or an ``s3://bucket/prefix`` URI."""
     uri = uri.strip()
     if not uri:
         raise SourceError("no source given: enter a folder path or s3://bucket/prefix")
     if uri.startswith("s3://"):
-        from search_core.aws.s3_source import S3Source
-
-        return S3Source.from_uri(uri, settings)
+        return _s3_source(uri, settings)  # validates bucket and prefix before any request
     if "://" in uri:
         raise SourceError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
     return FolderSource(uri, settings.folder_roots)
@@ -125,9 +133,6 @@ def open_source(uri: str, settings: Settings) -> ImageSource:
 def read_uri(uri: str, settings: Settings) -> bytes:
     """Bytes of an indexed item, for result previews (local path or ``s3://``)."""
     if uri.startswith("s3://"):
-        from search_core.aws.s3_source import S3Source
-
-        source = S3Source.from_uri(uri, settings)
-        return source.read(SourceEntry(uri=uri))
+        return _s3_source(uri, settings).read(SourceEntry(uri=uri))
     with open(uri_to_path(uri), "rb") as handle:
         return handle.read()

@@ -214,14 +214,30 @@ def test_corrupted_model_file_stops_with_one_clear_line(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "search_core", "index", str(folder)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "SHA256SUMS" in errors[0], run.stderr
-    assert "Traceback" not in run.stderr
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert summary["indexed"] == 0
+    lines = run.stderr.strip().splitlines()  # refused before any file: one line, no noise
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "SHA256SUMS" in lines[0], (
+        run.stderr)
+    db = env_data / "index.sqlite3"
+    assert not db.exists() or _rows(db) == []
 
 
 def test_threads_left_behind_are_daemons() -> None:
     """Nothing started by the tests above may keep the interpreter alive."""
     assert all(t.daemon or t is threading.main_thread() or t.name.startswith("pytest")
                for t in threading.enumerate())
+
+
+@pytest.mark.xfail(strict=True, reason="search_core/indexing.py (not ours): Indexer._embed "
+                   "turns a ConfigError (broken model file) into one failure per file "
+                   "instead of stopping the run; reported to the lead")
+def test_indexer_stops_on_a_broken_model(tmp_path: Path) -> None:
+    folder, _ = _corpus(tmp_path, 8)
+    models = tmp_path / "models"
+    shutil.copytree(Settings().models_dir, models,
+                    ignore=shutil.ignore_patterns("nanodet*", "ssd_*"))
+    onnx = models / "efficientnet_lite0.onnx"
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    broken = EfficientNetEmbedder(models)
+    index = LocalIndex(tmp_path / "data", dimension=broken.dimension, model_id=broken.model_id)
+    report = Indexer(broken, index, batch_size=16).run(FolderSource(folder))
+    assert report.stopped and "SHA256SUMS" in report.error

@@ -166,6 +166,14 @@ def test_search_through_gradio_client(server: AppProcess) -> None:
     assert Path(gallery[0]["image"]).is_file()
 
 
+def test_files_outside_gradio_cache_are_not_served(server: AppProcess) -> None:
+    """Only Gradio's own cache is served: not the models, not the index, not the code."""
+    server.wait_for("/ping")
+    for path in (REPO / "models" / "SHA256SUMS", REPO / "app.py"):
+        response = httpx.get(f"{server.url}/gradio_api/file={path}", timeout=10)
+        assert response.status_code == 403, path
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
