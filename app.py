@@ -10,7 +10,11 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import hashlib
 import html
+import io
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,31 @@ class QueryImage(gr.Image):
         return super().preprocess(payload)
 
 
+#: Result images written once and renamed into place (see :func:`image_file`).
+IMAGE_FILES = Path(tempfile.gettempdir()) / "visual-search-images"
+
+
+def image_file(image: Any) -> str:
+    """The image as a JPEG file for an output component, written atomically.
+
+    Why not return the PIL image: Gradio saves it to its cache under a hash of the bytes and
+    rewrites that file in place every time, so when two users get the same preview at once, a
+    download of it can be cut short ("peer closed connection without sending complete message
+    body", seen with 20 users in bench/load.py). A file Gradio copies into its cache by rename
+    is never seen half-written.
+    """
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=88)
+    data = buffer.getvalue()
+    path = IMAGE_FILES / f"{hashlib.sha256(data).hexdigest()[:40]}.jpg"
+    if not path.exists():
+        IMAGE_FILES.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    return str(path)
+
+
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
@@ -87,7 +116,7 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         else "No objects detected: searching with the whole image (or draw a manual crop)."
     )
     return (
-        draw_detections(analyzed.image, analyzed.detections),
+        image_file(draw_detections(analyzed.image, analyzed.detections)),
         gr.update(choices=_choices(analyzed), value=value),
         status,
     )
@@ -127,7 +156,7 @@ def run_search(
         preview = pipeline.preview(hit.uri)
         if preview is not None:
             caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
-            gallery.append((preview, caption))
+            gallery.append((image_file(preview), caption))
     if not hits:
         count = pipeline.index.count()
         message = (

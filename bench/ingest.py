@@ -7,9 +7,9 @@
 "Model" is the ONNX forward pass alone on already-preprocessed tensors (decode and resize done
 beforehand and not timed): the ceiling an ingest can reach on this machine. "Ingest" is the
 real thing -- list the folder, read, hash, decode, preprocess, embed, write SQLite -- through
-:class:`search_core.indexing.Indexer` into a fresh local index. The model is measured before
-and after the ingest and the ratio uses their mean, so a machine whose load drifts during the
-run does not flatter or punish the ingest. Ends with one line of JSON.
+:class:`search_core.indexing.Indexer` into a fresh local index. The files are split into
+chunks and the two passes alternate over each chunk (model first, then ingest first, ...), so a
+shared machine whose load drifts during the run weighs on both alike. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -58,45 +58,65 @@ def model_throughput(embedder: EfficientNetEmbedder, files: list[Path], batch_si
     return len(files) / spent
 
 
-def ingest_throughput(
-    embedder: EfficientNetEmbedder, folder: Path, files: list[Path], batch_size: int,
-    workers: int, niceness: int = DEFAULT_WORKER_NICENESS,
-) -> tuple[float, int, float]:
-    """(images per second, images indexed, seconds) of a full Indexer run into a fresh index."""
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        index = LocalIndex(Path(tmp), dimension=embedder.dimension, model_id=embedder.model_id)
-        indexer = Indexer(embedder, index, batch_size=batch_size, workers=workers,
-                          worker_niceness=niceness)
-        report = indexer.run(ListedSource(folder, files))
-        if report.failures:
-            print(f"warning: {len(report.failures)} failures, first: {report.failures[0]}")
-        return report.indexed / report.seconds, report.indexed, report.seconds
+def ingest_run(
+    embedder: EfficientNetEmbedder, index: LocalIndex, folder: Path, files: list[Path],
+    batch_size: int, workers: int, niceness: int,
+) -> tuple[int, float]:
+    """(images indexed, seconds) of one Indexer run over ``files``."""
+    indexer = Indexer(embedder, index, batch_size=batch_size, workers=workers,
+                      worker_niceness=niceness)
+    report = indexer.run(ListedSource(folder, files))
+    if report.failures:
+        print(f"warning: {len(report.failures)} failures, first: {report.failures[0]}")
+    return report.indexed, report.seconds
 
 
 def measure(
     folder: Path, files: list[Path], *, batch_size: int, workers: int, threads: int,
-    niceness: int = DEFAULT_WORKER_NICENESS,
+    niceness: int = DEFAULT_WORKER_NICENESS, rounds: int = 4,
 ) -> dict[str, float | int]:
+    """Alternates model-only and ingest passes over the same chunks of files (model first in
+    even rounds, ingest first in odd ones), so a machine whose load drifts during the run
+    weighs on both figures alike; the ratio is of the summed throughputs."""
     embedder = EfficientNetEmbedder(REPO / "models", threads=threads, batch_size=batch_size)
     embedder.load()
     embedder.forward(preprocess([load_image(f.read_bytes()) for f in files[:batch_size]]))
-    before = model_throughput(embedder, files, batch_size)
-    ingest, indexed, seconds = ingest_throughput(embedder, folder, files, batch_size, workers,
-                                                 niceness)
-    after = model_throughput(embedder, files, batch_size)
-    model = (before + after) / 2
+    chunk = -(-len(files) // rounds)
+    model_images = model_seconds = ingest_images = ingest_seconds = 0.0
+    per_round = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        index = LocalIndex(Path(tmp), dimension=embedder.dimension, model_id=embedder.model_id)
+        for number in range(rounds):
+            part = files[number * chunk : (number + 1) * chunk]
+            if not part:
+                break
+            steps = ["model", "ingest"] if number % 2 == 0 else ["ingest", "model"]
+            for step in steps:
+                if step == "model":
+                    speed = model_throughput(embedder, part, batch_size)
+                    model_images += len(part)
+                    model_seconds += len(part) / speed
+                    model_speed = speed
+                else:
+                    done, seconds = ingest_run(embedder, index, folder, part, batch_size,
+                                               workers, niceness)
+                    ingest_images += done
+                    ingest_seconds += seconds
+                    ingest_speed = done / seconds
+            per_round.append(round(ingest_speed / model_speed, 3))
+    ingest = ingest_images / ingest_seconds
+    model = model_images / model_seconds
     return {
         "batch_size": batch_size,
         "workers": workers,
         "worker_niceness": niceness,
         "onnx_threads": threads or (os.cpu_count() or 1),
-        "images": indexed,
-        "seconds": round(seconds, 2),
+        "images": int(ingest_images),
+        "seconds": round(ingest_seconds, 2),
         "images_per_s": round(ingest, 2),
         "model_images_per_s": round(model, 2),
-        "model_before": round(before, 2),
-        "model_after": round(after, 2),
         "ratio": round(ingest / model, 3),
+        "ratio_per_round": per_round,
     }
 
 
@@ -110,26 +130,30 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--threads", type=int, default=int(env("SEARCH_ONNX_THREADS", "0")))
     parser.add_argument("--sweep", action="store_true", help="also try other settings")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating passes")
     args = parser.parse_args()
 
     folder = require_dir(args.folder.resolve())
     limit = args.limit or (400 if args.quick else None)
     files = image_files(folder, limit)
+    rounds = args.rounds or (2 if args.quick else 6)
     configs = [(args.batch_size, args.workers, args.threads)]
     if args.sweep:
         configs += [(8, args.workers, args.threads), (32, args.workers, args.threads),
-                    (args.batch_size, 1, args.threads), (args.batch_size, 3, args.threads),
-                    (args.batch_size, args.workers, 1)]
+                    (args.batch_size, 1, args.threads), (args.batch_size, 3, args.threads)]
     rows = []
     for batch_size, workers, threads in configs:
         rows.append(measure(folder, files, batch_size=batch_size, workers=workers,
-                            threads=threads))
-    header = ["batch", "workers", "onnx threads", "images", "ingest img/s", "model img/s",
-              "model before/after", "ratio"]
+                            threads=threads, rounds=rounds))
+    if args.sweep:  # preparation threads at normal priority, for comparison
+        rows.append(measure(folder, files, batch_size=args.batch_size, workers=args.workers,
+                            threads=args.threads, niceness=0, rounds=rounds))
+    header = ["batch", "workers", "nice", "onnx threads", "images", "ingest img/s",
+              "model img/s", "ratio", "ratio per round"]
     print(f"folder {folder} ({len(files)} images)")
-    print(table([[r["batch_size"], r["workers"], r["onnx_threads"], r["images"],
-                  r["images_per_s"], r["model_images_per_s"],
-                  f"{r['model_before']}/{r['model_after']}", r["ratio"]] for r in rows], header))
+    print(table([[r["batch_size"], r["workers"], r["worker_niceness"], r["onnx_threads"],
+                  r["images"], r["images_per_s"], r["model_images_per_s"], r["ratio"],
+                  " ".join(map(str, r["ratio_per_round"]))] for r in rows], header))
     emit({"bench": "ingest", **rows[0], "sweep": rows[1:], "machine": machine()})
 
 

@@ -23,6 +23,7 @@ import argparse
 import base64
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -92,6 +94,10 @@ class BedrockStandIn:
                 self._reply(200, {"embedding": vector.round(6).tolist(),
                                   "inputTextTokenCount": 0})
 
+            def do_GET(self) -> None:  # noqa: N802 -- counters for the parent process
+                with stand_in.lock:
+                    self._reply(200, {"calls": stand_in.calls, "throttled": stand_in.throttled})
+
             def _reply(self, status: int, payload: dict, error: str = "") -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -114,6 +120,33 @@ class BedrockStandIn:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _serve(latency: float, throttle: float, port_queue: multiprocessing.Queue) -> None:
+    stand_in = BedrockStandIn(latency, throttle)
+    port_queue.put(stand_in.url)
+    threading.Event().wait()
+
+
+class RemoteStandIn:
+    """The stand-in in its own process, so its CPU work (JSON of 1,024 floats per answer) does
+    not compete with the client for this process's GIL, as a remote service would not."""
+
+    def __init__(self, latency: float, throttle: float) -> None:
+        queue: multiprocessing.Queue = multiprocessing.Queue()
+        self.process = multiprocessing.Process(target=_serve, args=(latency, throttle, queue),
+                                               daemon=True)
+        self.process.start()
+        self.url = queue.get(timeout=30)
+
+    def counters(self) -> tuple[int, int]:
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as response:
+            data = json.loads(response.read())
+        return data["calls"], data["throttled"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(timeout=10)
 
 
 def sample_loop(files: list[Path], bedrock_url: str, os_client: OpenSearch, index: str) -> int:
@@ -160,7 +193,7 @@ def main() -> None:
                       AWS_REGION="us-east-1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(name, None)
-    bedrock = BedrockStandIn(args.latency, args.throttle)
+    bedrock = RemoteStandIn(args.latency, args.throttle)
     os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.url
     clients._session_for.cache_clear()
     work = Path(tempfile.mkdtemp(prefix="titan-bench-"))
@@ -189,7 +222,7 @@ def main() -> None:
                 "mappings": {"properties": {"vector": {
                     "type": "knn_vector", "dimension": DIM,
                     "method": {"name": "hnsw", "engine": "faiss", "space_type": "l2"}}}}})
-            calls0, throttled0 = bedrock.calls, bedrock.throttled
+            calls0, throttled0 = bedrock.counters()
             start = time.perf_counter()
             failed = sample_loop(copies, bedrock.url, os_client, "sample")
             seconds = time.perf_counter() - start
@@ -200,8 +233,8 @@ def main() -> None:
                       "lost": len(copies) - uris, "failed_calls": failed,
                       "duplicated_first_run": docs - uris,
                       "duplicated_after_rerun": docs2 - uris + failed_rerun * 0,
-                      "bedrock_calls": bedrock.calls - calls0,
-                      "throttled": bedrock.throttled - throttled0}
+                      "bedrock_calls": bedrock.counters()[0] - calls0,
+                      "throttled": bedrock.counters()[1] - throttled0}
             rows.append(["sample (sequential)", sample["seconds"], sample["images_per_s"],
                          sample["lost"], sample["duplicated_first_run"],
                          sample["duplicated_after_rerun"], sample["throttled"]])
@@ -217,7 +250,7 @@ def main() -> None:
             vindex = OpenSearchIndex(settings, dimension=DIM, model_id=embedder.model_id)
             indexer = Indexer(embedder, vindex, batch_size=args.batch_size, workers=2)
             source = FolderSource(corpus, roots=(work,))
-            calls0, throttled0 = bedrock.calls, bedrock.throttled
+            calls0, throttled0 = bedrock.counters()
             start = time.perf_counter()
             report = indexer.run(source)
             seconds = time.perf_counter() - start
@@ -231,8 +264,8 @@ def main() -> None:
                     "duplicated_first_run": docs - len(shas),
                     "duplicated_after_rerun": docs2 - len(shas),
                     "rerun_indexed": rerun.indexed, "rerun_seconds": round(rerun.seconds, 2),
-                    "bedrock_calls": bedrock.calls - calls0,
-                    "throttled": bedrock.throttled - throttled0,
+                    "bedrock_calls": bedrock.counters()[0] - calls0,
+                    "throttled": bedrock.counters()[1] - throttled0,
                     "concurrency": args.concurrency, "batch_size": args.batch_size,
                     "retry_mode": clients.retry_mode()}
             rows.append([f"ours (Indexer, {args.concurrency} concurrent)", ours["seconds"],

@@ -57,7 +57,9 @@ class JobManager:
     def __init__(self, runner: JobRunner, keep: int = 20) -> None:
         self._runner = runner
         self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
+        # Reentrant: start() checks active() under it. Readers take it too, since UI polls
+        # from many sessions iterate the dict while start() may be inserting into it.
+        self._lock = threading.RLock()
         self._keep = keep
 
     def start(self, source: str, *, prune: bool = False) -> Job:
@@ -95,17 +97,23 @@ class JobManager:
             job.finished = time.time()
 
     def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def _snapshot(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
 
     def active(self) -> Job | None:
-        return next((job for job in self._jobs.values() if job.running), None)
+        return next((job for job in self._snapshot() if job.running), None)
 
     def latest(self) -> Job | None:
-        return next(reversed(self._jobs.values()), None) if self._jobs else None
+        jobs = self._snapshot()
+        return jobs[-1] if jobs else None
 
     def stop(self, job_id: str | None = None) -> None:
         """Asks a job to stop after its current batch (a clean point: nothing half-written)."""
-        for job in list(self._jobs.values()):
+        for job in self._snapshot():
             if job_id is None or job.id == job_id:
                 job.stop_event.set()
 
@@ -113,7 +121,8 @@ class JobManager:
         """Stops every job and waits; True when all ended within ``timeout`` (SIGTERM path)."""
         self.stop()
         deadline = time.monotonic() + timeout
-        for job in list(self._jobs.values()):
+        jobs = self._snapshot()
+        for job in jobs:
             if job.thread is not None and job.thread.is_alive():
                 job.thread.join(max(0.0, deadline - time.monotonic()))
-        return all(not (j.thread and j.thread.is_alive()) for j in self._jobs.values())
+        return all(not (j.thread and j.thread.is_alive()) for j in jobs)

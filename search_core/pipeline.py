@@ -77,6 +77,15 @@ def parse_object(choice: str | int | None) -> str | int:
     return number - 1
 
 
+#: Decoded query images kept for object switching, in pixels over all entries (3 bytes each):
+#: 32 phone photos at 2048 px would otherwise pin ~300 MB; this caps the cache near 100 MB.
+CACHE_MAX_PIXELS = 32_000_000
+
+
+def _pixels(analyzed: AnalyzedImage) -> int:
+    return analyzed.image.width * analyzed.image.height
+
+
 def check_upload_size(size: int, limit: int) -> None:
     """ImageError for uploads over ``limit`` bytes. MB here are MiB, as SEARCH_MAX_UPLOAD_MB
     means them, so "60.0 MB; the limit is 50 MB" adds up for the user."""
@@ -125,7 +134,10 @@ class SearchPipeline:
         analyzed = AnalyzedImage(sha256=key, image=image, detections=detections)
         with self._cache_lock:
             self._cache[key] = analyzed
-            while len(self._cache) > self._cache_size:
+            while len(self._cache) > 1 and (
+                len(self._cache) > self._cache_size
+                or sum(_pixels(a) for a in self._cache.values()) > CACHE_MAX_PIXELS
+            ):
                 self._cache.popitem(last=False)
         return analyzed
 

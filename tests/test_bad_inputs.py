@@ -18,8 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
-
 from bad_inputs import (
     ACCEPT,
     LONG_TEXT,
@@ -32,6 +30,8 @@ from bad_inputs import (
     non_utf8_name,
     write_corpus,
 )
+from PIL import Image
+
 from search_core.crop import crop
 from search_core.errors import ImageError
 from search_core.images import load_image
@@ -128,7 +128,7 @@ def test_awkward_formats_keep_their_content(corpus: tuple[Path, list[Case]]) -> 
     rotated = load_image((folder / "phone-rotated.jpg").read_bytes())
     assert rotated.size == ROTATED_SIZE  # portrait, as the phone displayed it
     band = crop(rotated, Box(0.0, 0.0, 1.0, ROTATED_RED_FRACTION * 0.8), pad=0.0)
-    red, green, blue = band.resize((1, 1)).getpixel((0, 0))
+    red, _green, blue = band.resize((1, 1)).getpixel((0, 0))
     assert red > 180 and blue < 80, "the box must select the same region in the rotated frame"
 
 
@@ -241,7 +241,7 @@ def app(corpus: tuple[Path, list[Case]], tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def client(app: AppServer):  # noqa: ANN201 - gradio_client is imported lazily
+def client(app: AppServer):
     from gradio_client import Client
 
     client = Client(app.url, verbose=False)
@@ -250,7 +250,7 @@ def client(app: AppServer):  # noqa: ANN201 - gradio_client is imported lazily
 
 
 @pytest.fixture(scope="module")
-def app_indexed(client, corpus: tuple[Path, list[Case]]) -> dict:  # noqa: ANN001
+def app_indexed(client, corpus: tuple[Path, list[Case]]) -> dict:
     folder, _ = corpus
     client.predict(str(folder), False, api_name="/start_index")
     return wait_job(client)
@@ -270,7 +270,7 @@ def _upload_raw(app: AppServer, name: bytes, data: bytes) -> httpx.Response:
 def test_app_index_tab_lists_failures_and_lands_the_rest(
     app_indexed: dict, corpus: tuple[Path, list[Case]]
 ) -> None:
-    folder, cases = corpus
+    _folder, cases = corpus
     assert "finished" in app_indexed["progress"], app_indexed
     failures = app_indexed["failures"]
     rows = failures.get("data", []) if isinstance(failures, dict) else failures
@@ -285,7 +285,7 @@ def test_app_index_tab_lists_failures_and_lands_the_rest(
 
 
 def test_app_shows_a_clear_message_for_each_bad_upload(
-    app: AppServer, client, app_indexed: dict, corpus: tuple[Path, list[Case]]  # noqa: ANN001
+    app: AppServer, client, app_indexed: dict, corpus: tuple[Path, list[Case]]
 ) -> None:
     from gradio_client import handle_file
 
@@ -307,7 +307,7 @@ def test_app_shows_a_clear_message_for_each_bad_upload(
 
 
 def test_app_finds_each_awkward_image_itself(
-    client, app_indexed: dict, corpus: tuple[Path, list[Case]]  # noqa: ANN001
+    client, app_indexed: dict, corpus: tuple[Path, list[Case]]
 ) -> None:
     from gradio_client import handle_file
 
@@ -326,7 +326,7 @@ def test_app_finds_each_awkward_image_itself(
             case.name, caption)
 
 
-def test_app_shows_the_phone_photo_upright(client, app_indexed: dict,  # noqa: ANN001
+def test_app_shows_the_phone_photo_upright(client, app_indexed: dict,
                                            corpus: tuple[Path, list[Case]]) -> None:
     from gradio_client import handle_file
 
@@ -339,7 +339,7 @@ def test_app_shows_the_phone_photo_upright(client, app_indexed: dict,  # noqa: A
         assert red > 180 and blue < 80, "red band should be on top"
 
 
-def test_app_non_utf8_file_name(app: AppServer, client, app_indexed: dict,  # noqa: ANN001
+def test_app_non_utf8_file_name(app: AppServer, client, app_indexed: dict,
                                 corpus: tuple[Path, list[Case]]) -> None:
     folder, _ = corpus
     name = non_utf8_name()
@@ -352,7 +352,7 @@ def test_app_non_utf8_file_name(app: AppServer, client, app_indexed: dict,  # no
     assert gallery[0]["caption"].endswith(_uri(name, folder)), gallery[0]["caption"]
 
 
-def test_app_refuses_a_60_mb_upload(app: AppServer, client,  # noqa: ANN001
+def test_app_refuses_a_60_mb_upload(app: AppServer, client,
                                     corpus: tuple[Path, list[Case]]) -> None:
     from gradio_client import handle_file
 
@@ -366,7 +366,7 @@ def test_app_refuses_a_60_mb_upload(app: AppServer, client,  # noqa: ANN001
     assert app.alive()
 
 
-def test_app_long_text_query(client, app_indexed: dict,  # noqa: ANN001
+def test_app_long_text_query(client, app_indexed: dict,
                              corpus: tuple[Path, list[Case]]) -> None:
     from gradio_client import handle_file
 

@@ -91,3 +91,44 @@ def test_kill_9_during_indexing_then_rerun(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "search_core", "stats"], cwd=REPO,
                            env=_env(data), capture_output=True, text=True, timeout=120)
     assert json.loads(again.stdout.strip().splitlines()[-1])["count"] == total
+
+
+def test_sigterm_during_an_app_indexing_job_then_rerun(tmp_path: Path) -> None:
+    """The container is stopped (SIGTERM) while the Index tab's job runs: the job stops at a
+    batch boundary, the server exits 0, and the same job afterwards completes the index."""
+    if not APPLES.is_dir():
+        pytest.skip(f"shared test data not found: {APPLES}")
+    sys.path.insert(0, str(REPO / "bench"))
+    from gradio_client import Client
+    from load import AppServer
+
+    files = sorted(p for p in APPLES.rglob("*") if p.is_file())
+    server = AppServer(tmp_path, SEARCH_DETECTOR="none", SEARCH_FOLDER_ROOTS=str(APPLES),
+                       SEARCH_BATCH_SIZE="16")
+    db = Path(server.env["SEARCH_DATA_DIR"]) / "index.sqlite3"
+    server.start()
+    try:
+        client = Client(server.url, verbose=False)
+        client.predict(str(APPLES), False, api_name="/start_index")
+        deadline = time.monotonic() + DEADLINE_S
+        while _count(db) < len(files) // 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.close()
+        landed = _count(db)
+        assert 0 < landed < len(files), "the job should still be running"
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()[-2000:]
+    assert "Traceback" not in server.log()
+    stopped_at = _count(db)
+    assert landed <= stopped_at < len(files)  # stopped early, kept what it had committed
+
+    final = subprocess.run([sys.executable, "-m", "search_core", "index", str(APPLES)],
+                           cwd=REPO, env={**server.env}, capture_output=True, text=True,
+                           timeout=DEADLINE_S)
+    assert final.returncode == 0, final.stderr
+    summary = json.loads(final.stdout.strip().splitlines()[-1])
+    assert summary["unchanged"] == stopped_at
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT uri, sha256 FROM items").fetchall()
+    assert len(rows) == len(files) == len({u for u, _ in rows}) == len({s for _, s in rows})

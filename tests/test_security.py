@@ -225,7 +225,7 @@ def app(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppSer
 
 
 @pytest.fixture(scope="module")
-def client(app: AppServer):  # noqa: ANN201
+def client(app: AppServer):
     from gradio_client import Client
 
     client = Client(app.url, auth=(USER, PASSWORD), verbose=False)
@@ -245,7 +245,7 @@ def test_app_needs_login_but_health_checks_do_not(app: AppServer) -> None:
         Client(app.url, verbose=False)
 
 
-def test_index_tab_refuses_sources_outside_the_roots(app: AppServer, client,  # noqa: ANN001
+def test_index_tab_refuses_sources_outside_the_roots(app: AppServer, client,
                                                      root: Path) -> None:
     for source, reason in (("/etc", OUTSIDE), ("../../../../../../etc", OUTSIDE),
                            (f"{root}/escape", OUTSIDE), (f"{root}/../outside", OUTSIDE),
@@ -257,7 +257,7 @@ def test_index_tab_refuses_sources_outside_the_roots(app: AppServer, client,  # 
     assert json_output(stats).get("count") == 0
 
 
-def test_app_serves_no_files_beyond_what_it_shows(app: AppServer, client,  # noqa: ANN001
+def test_app_serves_no_files_beyond_what_it_shows(app: AppServer, client,
                                                   root: Path) -> None:
     """The gallery sends downscaled previews, so no raw file needs to be downloadable: not
     the index database, not the repository (``.git``, auth files), not the catalogue."""
@@ -271,7 +271,7 @@ def test_app_serves_no_files_beyond_what_it_shows(app: AppServer, client,  # noq
         assert got.status_code in (403, 404), f"{path} is downloadable"
 
 
-def test_no_secrets_in_the_server_log(app: AppServer, client) -> None:  # noqa: ANN001
+def test_no_secrets_in_the_server_log(app: AppServer, client) -> None:
     client.predict(api_name="/index_status")
     httpx.post(f"{app.url}/login", data={"username": USER, "password": PASSWORD + "x"})
     log = app.log()

@@ -201,8 +201,10 @@ def test_sigterm_stops_a_running_index_job_and_exits_zero(tmp_path: Path) -> Non
         timeout=120,
     )
     assert stats.returncode == 0, stats.stderr
-    # Stopping happens between batches, so the index holds whole batches only.
-    assert json.loads(stats.stdout)["count"] % 4 == 0, stats.stdout
+    # Stopping flushes the batch in hand, so every image seen so far landed exactly once and
+    # the next run resumes from there (tests/test_crash_safety.py checks the resumption).
+    count = json.loads(stats.stdout)["count"]
+    assert 0 <= count <= 324, stats.stdout
 
 
 @pytest.mark.parametrize("how", [("--share",), ()], ids=["flag", "env"])
