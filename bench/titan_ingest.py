@@ -40,17 +40,17 @@ from _common import GROCERY, REPO, emit, image_files, require_dir, table
 
 sys.path.insert(0, str(REPO / "tests"))
 
-import boto3  # noqa: E402
-from botocore.credentials import Credentials  # noqa: E402
-from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch  # noqa: E402
-from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection  # noqa: E402
+import boto3
+from botocore.credentials import Credentials
+from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
+from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection
 
-from search_core.aws import clients  # noqa: E402
-from search_core.aws.opensearch_index import OpenSearchIndex  # noqa: E402
-from search_core.aws.titan import TitanEmbedder  # noqa: E402
-from search_core.config import Settings  # noqa: E402
-from search_core.indexing import Indexer  # noqa: E402
-from search_core.sources import FolderSource  # noqa: E402
+from search_core.aws import clients
+from search_core.aws.opensearch_index import OpenSearchIndex
+from search_core.aws.titan import TitanEmbedder
+from search_core.config import Settings
+from search_core.indexing import Indexer
+from search_core.sources import FolderSource
 
 DIM = 1024
 
@@ -74,7 +74,7 @@ class BedrockStandIn:
             def log_message(self, *args: object) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802 -- http.server naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 time.sleep(stand_in.latency)
                 with stand_in.lock:
@@ -94,7 +94,7 @@ class BedrockStandIn:
                 self._reply(200, {"embedding": vector.round(6).tolist(),
                                   "inputTextTokenCount": 0})
 
-            def do_GET(self) -> None:  # noqa: N802 -- counters for the parent process
+            def do_GET(self) -> None:
                 with stand_in.lock:
                     self._reply(200, {"calls": stand_in.calls, "throttled": stand_in.throttled})
 
@@ -160,7 +160,7 @@ def sample_loop(files: list[Path], bedrock_url: str, os_client: OpenSearch, inde
             response = bedrock.invoke_model(modelId="amazon.titan-embed-image-v1", body=body,
                                             contentType="application/json",
                                             accept="application/json")
-        except Exception:  # noqa: BLE001 -- the sample has no handling; count it and go on
+        except Exception:
             failures += 1
             continue
         embedding = json.loads(response["body"].read())["embedding"]

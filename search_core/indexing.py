@@ -24,14 +24,28 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search_core.errors import BackendError, SearchError
+from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
 from search_core.interfaces import Embedder, ImageSource, VectorIndex
 from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif"}
+# Files with these names that turn out not to be usable images are reported as failures (a
+# user expects them indexed); other non-images (notes, descriptions) are skipped quietly.
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".jfif",
+    ".svg",
+    ".heic",
+}
 MAX_CONSECUTIVE_FAILED_BATCHES = 3
 #: nice value of the preparation threads (0 = same priority as inference); see _lower_priority
 DEFAULT_WORKER_NICENESS = 10
@@ -251,6 +265,8 @@ class Indexer:
             if partial is not None:
                 return [r if isinstance(r, np.ndarray) else str(r) for r in partial(images)]
             return list(self.embedder.embed_images(images))
+        except ConfigError:
+            raise  # a broken model or setting fails every file alike: stop the run instead
         except SearchError as exc:
             return [str(exc)] * len(batch)
 
@@ -328,9 +344,12 @@ class Indexer:
             batch.clear()
             tick()
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="prepare",
-                                initializer=_lower_priority,
-                                initargs=(self.worker_niceness,)) as pool:
+        with ThreadPoolExecutor(
+            self.workers,
+            thread_name_prefix="prepare",
+            initializer=_lower_priority,
+            initargs=(self.worker_niceness,),
+        ) as pool:
             stream = self._prepared_stream(source, todo, pool)
             try:
                 for prepared in stream:
@@ -374,7 +393,7 @@ class Indexer:
                         break
                 else:
                     flush()
-            except BackendError as exc:
+            except (BackendError, ConfigError) as exc:
                 report.error = str(exc)
                 report.stopped = True
             finally:

@@ -10,8 +10,9 @@ Each :class:`Case` says what the product must do with it:
 - ``refuse``: a clear, specific message (``expect`` is a lower-case fragment of it); the index
   is unchanged and the rest of a batch still lands;
 - ``accept``: it is a real image in an awkward format; it is indexed and searchable;
-- ``skip``: not an image by name and content (an SVG drawing): folder indexing skips it
-  (counted as "not images"), while a search with it is refused with ``expect``.
+- ``skip``: not an image by name and content: folder indexing skips it (counted as "not
+  images"), while a search with it is refused with ``expect``. (An SVG is *named* like an
+  image, so it is refused and listed with the reason that vector drawings are unsupported.)
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def write_corpus(folder: Path, *, with_upload: bool = True) -> list[Case]:
         "html", "HTML error page saved as .jpg")
     add("document.jpg", REFUSE, b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n%%EOF\n",
         "pdf", "PDF renamed .jpg")
-    add("drawing.svg", SKIP,
+    add("drawing.svg", REFUSE,
         b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="100" '
         b'height="100"><circle cx="50" cy="50" r="40" fill="red"/></svg>', "svg", "SVG drawing")
     add("bomb-20000.png", REFUSE, bomb_png(20000, 20000), "too large",

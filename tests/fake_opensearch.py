@@ -127,11 +127,15 @@ class FakeOpenSearch:
 
     def all_docs(self, index: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(d) for d in self.indices[index].docs.values()] if index in self.indices else []
+            if index not in self.indices:
+                return []
+            return [dict(d) for d in self.indices[index].docs.values()]
 
     # -- SigV4 --------------------------------------------------------------------------------
 
-    def check_sigv4(self, method: str, path: str, headers: dict[str, str], body: bytes) -> str | None:
+    def check_sigv4(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> str | None:
         """None if the request is signed correctly for this service, else the reason."""
         auth = headers.get("authorization", "")
         if not auth.startswith("AWS4-HMAC-SHA256 "):
@@ -197,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_fake: FakeOpenSearch
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- base signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     # -- transport ----------------------------------------------------------------------------
@@ -474,8 +478,8 @@ class _Handler(BaseHTTPRequestHandler):
                       for i, d in candidates]
             scored.sort(key=lambda t: -t[0])
             scored = scored[: min(k, size)]
-            hits = [{"_index": "x", "_id": i, "_score": s, "_source": self._source(d, body.get("_source"))}
-                    for s, i, d in scored]
+            hits = [{"_index": "x", "_id": i, "_score": s,
+                     "_source": self._source(d, body.get("_source"))} for s, i, d in scored]
         else:
             try:
                 matched = self._visible(index, query)
@@ -485,7 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
             sort = body.get("sort")
             hits_raw = matched
             if sort:
-                (sort_field, _order), = (sort[0] if isinstance(sort[0], dict) else {sort[0]: "asc"}).items()
+                first = sort[0] if isinstance(sort[0], dict) else {sort[0]: "asc"}
+                (sort_field, _order), = first.items()
                 hits_raw = sorted(matched, key=lambda t: (t[1].get(sort_field) or ""))
                 after = body.get("search_after")
                 if after:

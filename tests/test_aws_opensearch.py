@@ -68,7 +68,8 @@ def _data(n: int, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, list[ItemMet
 def test_creates_index_with_explicit_knn_mapping(aoss: FakeOpenSearch) -> None:
     index = OpenSearchIndex(_settings(aoss.url), dimension=8, model_id="titan")
     assert index.count() == 0
-    (created,) = [b for b in aoss.bodies("/visual-search") if isinstance(b, dict) and "mappings" in b]
+    bodies = aoss.bodies("/visual-search")
+    (created,) = [b for b in bodies if isinstance(b, dict) and "mappings" in b]
     assert created["settings"] == {"index": {"knn": True}}
     props = created["mappings"]["properties"]
     assert props["vector"] == {

@@ -27,7 +27,8 @@ from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
 from moto import mock_aws
 from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection
 
-from search_core.aws import clients, setup as aws_setup
+from search_core.aws import clients
+from search_core.aws import setup as aws_setup
 from search_core.config import Settings
 from search_core.errors import ConfigError
 
@@ -68,7 +69,8 @@ class AccessPolicies:
             if name in self.data:
                 return self._reply(409, {"Error": {"Code": "ConflictException",
                                                    "Message": "exists"}})
-            self.data[name] = {"name": name, "type": body["type"], "policyVersion": "version-000000000001",
+            self.data[name] = {"name": name, "type": body["type"],
+                               "policyVersion": "version-000000000001",
                                "policy": json.loads(body["policy"])}
             return self._reply(200, {"accessPolicyDetail": self.data[name]})
         if op == "GetAccessPolicy":
@@ -205,7 +207,8 @@ def test_cli_registration(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
 
     monkeypatch.setattr(aws_setup, "setup", fake_setup)
     assert args.func(args, SETTINGS) == 0
-    assert seen["collection"] == "shop-vectors" and seen["principals"] == ["arn:aws:iam::1:role/app"]
+    assert seen["collection"] == "shop-vectors"
+    assert seen["principals"] == ["arn:aws:iam::1:role/app"]
     assert "export OPENSEARCH_ENDPOINT=https://x.aoss" in capsys.readouterr().out
     bad = parser.parse_args(["aws", "teardown", "--collection", "X"])
     assert bad.func(bad, SETTINGS) == 2

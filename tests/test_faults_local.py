@@ -227,9 +227,6 @@ def test_threads_left_behind_are_daemons() -> None:
                for t in threading.enumerate())
 
 
-@pytest.mark.xfail(strict=True, reason="search_core/indexing.py (not ours): Indexer._embed "
-                   "turns a ConfigError (broken model file) into one failure per file "
-                   "instead of stopping the run; reported to the lead")
 def test_indexer_stops_on_a_broken_model(tmp_path: Path) -> None:
     folder, _ = _corpus(tmp_path, 8)
     models = tmp_path / "models"

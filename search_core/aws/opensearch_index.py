@@ -32,7 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection, helpers
 from opensearchpy import exceptions as os_exc
 
-from search_core.aws.clients import session as aws_session, translate_error
+from search_core.aws.clients import session as aws_session
+from search_core.aws.clients import translate_error
 from search_core.config import Settings
 from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.types import ItemMeta, SearchHit
@@ -192,11 +193,13 @@ class OpenSearchIndex:
         return self._client
 
     def _error(self, exc: Exception, action: str) -> SearchError:
-        where = f"OpenSearch {action} on {self.index_name!r} at {self._settings.opensearch_endpoint}"
+        endpoint = self._settings.opensearch_endpoint
+        where = f"OpenSearch {action} on {self.index_name!r} at {endpoint}"
         if isinstance(exc, SearchError):
             return exc
         if isinstance(exc, ClientError | BotoCoreError):
-            return translate_error(exc, service="OpenSearch", action=action, settings=self._settings)
+            return translate_error(exc, service="OpenSearch", action=action,
+                                   settings=self._settings)
         if isinstance(exc, os_exc.AuthenticationException):
             return BackendError(f"{where}: authentication failed (401); check the credentials")
         if isinstance(exc, os_exc.AuthorizationException):
@@ -330,7 +333,7 @@ class OpenSearchIndex:
             # streaming_bulk yields one result per action, in order.
             with self._lock:
                 self._recent.update(
-                    item.sha256 for (_, item), ok in zip(chosen, outcomes) if ok
+                    item.sha256 for (_, item), ok in zip(chosen, outcomes, strict=False) if ok
                 )
         added = sum(outcomes)
         if failures:

@@ -16,7 +16,8 @@ from typing import Any
 
 from PIL import Image
 
-from search_core.aws.clients import aws_errors, client as make_client
+from search_core.aws.clients import aws_errors
+from search_core.aws.clients import client as make_client
 from search_core.config import Settings
 from search_core.images import encode_image
 from search_core.types import Box, Detection

@@ -16,11 +16,11 @@ import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from search_core.aws.clients import client as make_client, error_code, translate_error
+from search_core.aws.clients import client as make_client
+from search_core.aws.clients import error_code, translate_error
 from search_core.config import Settings
 from search_core.errors import SourceError
 from search_core.types import SourceEntry
@@ -81,7 +81,9 @@ class S3Source:
         where = f"s3://{self.bucket}/{key}" if key else self.uri
         code = error_code(exc)
         if code in {"NoSuchBucket"}:
-            return SourceError(f"S3 bucket {self.bucket!r} does not exist (or is in another account)")
+            return SourceError(
+                f"S3 bucket {self.bucket!r} does not exist (or is in another account)"
+            )
         if code in {"NoSuchKey", "404", "NotFound"}:
             return SourceError(f"{where} no longer exists")
         backend = translate_error(exc, service="S3", action=action, settings=self._settings,
@@ -149,7 +151,3 @@ class S3Source:
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "presign", key) from exc
 
-
-def display_name(uri: str) -> str:
-    """Short label for a gallery caption."""
-    return quote(PurePosixPath(uri).name, safe=" ()-_.,")

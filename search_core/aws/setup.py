@@ -24,7 +24,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from search_core.aws.clients import aws_errors, client as make_client, error_code
+from search_core.aws.clients import aws_errors, error_code
+from search_core.aws.clients import client as make_client
 from search_core.config import Settings
 from search_core.errors import BackendError, ConfigError, SearchError
 
@@ -361,7 +362,8 @@ def handle_cli(args: argparse.Namespace, settings: Settings | None = None) -> in
             print(f"  export AWS_REGION={settings.aws_region}")
             print(f"  export OPENSEARCH_ENDPOINT={result.endpoint}")
             print(f"  export OPENSEARCH_INDEX={result.index or settings.opensearch_index}")
-            print("  export SEARCH_INDEX=opensearch SEARCH_EMBEDDER=titan SEARCH_DETECTOR=rekognition")
+            print("  export SEARCH_INDEX=opensearch SEARCH_EMBEDDER=titan "
+                  "SEARCH_DETECTOR=rekognition")
             print(f"Collection ARN (for deploy/iam-policy.json): {result.arn}")
         else:
             teardown(settings, args.collection, timeout=args.timeout)

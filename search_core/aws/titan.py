@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search_core.aws.clients import aws_errors, client as make_client
+from search_core.aws.clients import aws_errors
+from search_core.aws.clients import client as make_client
 from search_core.config import Settings
 from search_core.errors import BackendError, SearchError
 from search_core.images import encode_image
@@ -62,7 +63,10 @@ class TitanEmbedder:
     def image_payload(self, image: Image.Image) -> str:
         """Base64 JPEG as sent in ``inputImage`` (exposed for the bytes benchmark)."""
         data = encode_image(
-            image, fmt="JPEG", max_bytes=MAX_IMAGE_BYTES, max_side=min(MAX_SIDE, self._settings.max_side)
+            image,
+            fmt="JPEG",
+            max_bytes=MAX_IMAGE_BYTES,
+            max_side=min(MAX_SIDE, self._settings.max_side),
         )
         return base64.b64encode(data).decode("ascii")
 
@@ -132,7 +136,7 @@ class TitanEmbedder:
                 return self._embed_one(image)
             except SearchError as exc:
                 return exc
-            except Exception as exc:  # noqa: BLE001 -- an unexpected error stays per-image
+            except Exception as exc:
                 return BackendError(f"Bedrock {self.model_id}: {type(exc).__name__}: {exc}")
 
         if not images:
