@@ -23,4 +23,9 @@ def test_every_documented_variable_is_read() -> None:
     server = (REPO / "search_core" / "server.py").read_text(encoding="utf-8")
     for name, _, _ in SETTINGS_DOC:
         assert f'"{name}"' in source.split("SETTINGS_DOC")[-1] or name in server, name
+    from search_core.costs import PRICE_SETTINGS
+
+    costs = (REPO / "search_core" / "costs.py").read_text(encoding="utf-8")
+    for name, _, _ in PRICE_SETTINGS:
+        assert f'"{name}"' in costs, name
     assert Settings.from_env().describe()

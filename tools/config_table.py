@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search_core.config import SETTINGS_DOC
+from search_core.costs import PRICE_SETTINGS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
@@ -21,7 +22,10 @@ BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 
 def render() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in SETTINGS_DOC]
+    rows += [
+        f"| `{name}` | `{default}` | {meaning} |"
+        for name, default, meaning in [*SETTINGS_DOC, *PRICE_SETTINGS]
+    ]
     return "\n".join(rows)
 
 
