@@ -4,6 +4,7 @@ dropdown, see the gallery of similar catalogue images."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from test_server import AppProcess, _wait_indexed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs"
+#: set SEARCH_SCREENSHOT=docs/screenshot.png to refresh the README's picture
+SCREENSHOT = os.environ.get("SEARCH_SCREENSHOT", "")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
         server.kill()
 
 
-def test_upload_pick_object_and_see_results(app: AppProcess, scenes: Path) -> None:
+def test_upload_pick_object_and_see_results(app: AppProcess, scenes: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
@@ -69,6 +71,6 @@ def test_upload_pick_object_and_see_results(app: AppProcess, scenes: Path) -> No
                 page.wait_for_timeout(250)
             assert "Dog" in status.inner_text(), status.inner_text()
             assert gallery_items.count() >= 1
-            page.screenshot(path=str(SCREENSHOTS / "screenshot.png"), full_page=False)
+            page.screenshot(path=SCREENSHOT or str(tmp_path / "search.png"), full_page=False)
         finally:
             browser.close()
