@@ -205,7 +205,7 @@ def run_ours(args: argparse.Namespace, fake: FakeOpenSearch, bedrock: RemoteStan
             "rerun_indexed": rerun.indexed, "rerun_seconds": round(rerun.seconds, 2),
             "bedrock_calls": calls1 - calls0, "throttled": throttled1 - throttled0,
             "concurrency": args.concurrency, "batch_size": args.batch_size,
-            "retry_mode": clients.retry_mode()}
+            "retry_mode": clients.retry_mode("bedrock-runtime")}
 
 
 def main() -> None:

@@ -114,6 +114,8 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     ("TITAN_EMBEDDING_LENGTH", "1024", "Titan outputEmbeddingLength: 256, 384 or 1024."),
     ("TITAN_MAX_CONCURRENCY", "8", "Parallel Bedrock calls while indexing."),
+    ("AWS_RETRY_MODE", "(adaptive; standard for Bedrock)", "botocore retry mode for every AWS client; by default Bedrock's bulk calls use `standard` (see search_core/aws/clients.py)."),
+    ("AWS_MAX_ATTEMPTS", "8", "Total attempts per AWS call, first try included."),
     ("OPENSEARCH_ENDPOINT", "", "OpenSearch URL, e.g. https://xxxx.us-east-1.aoss.amazonaws.com."),
     ("OPENSEARCH_INDEX", "visual-search", "Index name."),
     (

@@ -227,10 +227,12 @@ class SearchPipeline:
     # -- indexing ------------------------------------------------------------------------------
 
     def indexer(self) -> Indexer:
+        # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
+        preferred = int(getattr(self.embedder, "preferred_batch_size", 0) or 0)
         return Indexer(
             self.embedder,
             self.index,
-            batch_size=self.settings.batch_size,
+            batch_size=max(self.settings.batch_size, preferred),
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,
             max_side=self.settings.max_side,

@@ -232,9 +232,10 @@ def test_embed_images_concurrent_preserves_order() -> None:
     assert 1 < fake.max_in_flight <= 4
 
 
-def test_clients_default_to_adaptive_retries() -> None:
+def test_bedrock_client_retries_in_standard_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     config = TitanEmbedder(_settings(concurrency=12)).client.meta.config
-    assert config.retries == {"mode": "adaptive", "total_max_attempts": 8}
+    assert config.retries == {"mode": "standard", "total_max_attempts": 8}
     assert config.max_pool_connections >= 14
     assert config.connect_timeout and config.read_timeout
 
@@ -261,3 +262,15 @@ def test_one_failure_does_not_lose_the_others() -> None:
     with pytest.raises(BackendError, match="1 of 8 images could not be embedded"):
         embedder.embed_images(images)
     assert embedder.embed_images([]).shape == (0, 256)
+
+
+def test_retry_modes_by_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulk Bedrock calls back off without adaptive's rate limiter (our bounded concurrency
+    paces them); everything else uses adaptive mode; AWS_RETRY_MODE overrides both."""
+    from search_core.aws import clients
+
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    assert clients.retry_mode("bedrock-runtime") == "standard"
+    assert clients.retry_mode("rekognition") == "adaptive"
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    assert clients.retry_mode("bedrock-runtime") == "adaptive"

@@ -49,6 +49,9 @@ class TitanEmbedder:
         self.model_id = settings.titan_model_id
         self.dimension = int(settings.titan_embedding_length)
         self.max_concurrency = max(1, int(settings.titan_max_concurrency))
+        #: the indexer waits for the slowest call of a batch (often one being retried after a
+        #: throttle); many calls per worker per batch amortise that wait
+        self.preferred_batch_size = 16 * self.max_concurrency
 
     @property
     def client(self) -> Any:
