@@ -163,7 +163,7 @@ def run_search(
             "The index is empty: add images in the Index tab." if count == 0 else "No results."
         )
         return [], message
-    note = f" {AOSS_NOTE}" if "aoss" in str(pipeline.stats().get("endpoint", "")) else ""
+    note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
     what = ""
     if analyzed is not None:
         what = (
@@ -172,6 +172,11 @@ def run_search(
     if text:
         what += f" with text “{html.escape(text[:80])}”"
     return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images{what}.{note}"
+
+
+def _eventually_consistent() -> bool:
+    """OpenSearch Serverless shows new documents only after up to a minute."""
+    return bool(getattr(get_pipeline().index, "serverless", False))
 
 
 # -- Index tab ---------------------------------------------------------------------------------
@@ -202,6 +207,8 @@ def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
         )
         if job["error"]:
             counts += f"\n\n⚠️ {job['error']}"
+        elif job["indexed"] and _eventually_consistent():
+            counts += f"\n\nℹ️ {AOSS_NOTE}"
         failures = [[f["uri"], f["reason"]] for f in job["failures"]]
     else:
         counts, failures = "", []

@@ -51,11 +51,14 @@ class OnnxModel(ABC):
 
     #: file name inside the models directory
     filename: str = ""
+    #: class names, one per line, index-aligned with the model's outputs ("" = none)
+    labels_file: str = ""
 
     def __init__(self, models_dir: Path, threads: int = 0) -> None:
         self.models_dir = Path(models_dir)
         self.threads = threads
         self._session: Any = None
+        self._labels: list[str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -69,6 +72,14 @@ class OnnxModel(ABC):
                 if self._session is None:
                     self._session = self._create_session()
         return self._session
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names of :attr:`labels_file`, read (checksum-verified) on first use."""
+        if self._labels is None:
+            path = verify_model_file(self.models_dir, self.labels_file)
+            self._labels = path.read_text(encoding="utf-8").splitlines()
+        return self._labels
 
     def load(self) -> None:
         """Loads now (warm-up at start-up in the server, so the first user does not wait)."""

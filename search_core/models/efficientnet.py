@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from search_core.errors import ImageError, NotSupportedError
-from search_core.models.base import OnnxModel, verify_model_file
+from search_core.models.base import OnnxModel
 
 INPUT_SIZE = 224
 RESIZE_SHORT_SIDE = 256
@@ -78,6 +78,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class EfficientNetEmbedder(OnnxModel):
     """Image-only :class:`~search_core.interfaces.Embedder` (1280-d, cosine)."""
 
+    labels_file = LABELS_FILE
     filename = "efficientnet_lite0.onnx"
     model_id = "efficientnet-lite0"
     dimension = 1280
@@ -86,18 +87,9 @@ class EfficientNetEmbedder(OnnxModel):
     def __init__(self, models_dir: Path, threads: int = 0, batch_size: int = 16) -> None:
         super().__init__(models_dir, threads)
         self.batch_size = max(1, batch_size)
-        self._labels: list[str] | None = None
 
     def describe(self) -> str:
         return "EfficientNet-Lite0 (ImageNet, 1280-d, ONNX)"
-
-    @property
-    def labels(self) -> list[str]:
-        """The 1000 ImageNet class names, index-aligned with ``logits``."""
-        if self._labels is None:
-            path = verify_model_file(self.models_dir, LABELS_FILE)
-            self._labels = path.read_text(encoding="utf-8").splitlines()
-        return self._labels
 
     @staticmethod
     def preprocess(images: Sequence[Image.Image]) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search_core.models.base import OnnxModel, verify_model_file
+from search_core.models.base import OnnxModel
 from search_core.models.nms import class_aware_nms
 from search_core.types import Box, Detection
 
@@ -48,6 +48,7 @@ def decode_distances(reg: np.ndarray, stride: int) -> np.ndarray:
 class NanoDetDetector(OnnxModel):
     """:class:`~search_core.interfaces.Detector` for the 80 COCO classes."""
 
+    labels_file = LABELS_FILE
     filename = "nanodet.onnx"
     name = "nanodet"
 
@@ -63,17 +64,9 @@ class NanoDetDetector(OnnxModel):
         self.min_score = min_score
         self.iou = iou
         self.max_detections = max_detections
-        self._labels: list[str] | None = None
 
     def describe(self) -> str:
         return "NanoDet (COCO, 80 classes, ONNX)"
-
-    @property
-    def labels(self) -> list[str]:
-        if self._labels is None:
-            path = verify_model_file(self.models_dir, LABELS_FILE)
-            self._labels = path.read_text(encoding="utf-8").splitlines()
-        return self._labels
 
     @staticmethod
     def preprocess(image: Image.Image) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from search_core.models.base import OnnxModel, verify_model_file
+from search_core.models.base import OnnxModel
 from search_core.models.nms import class_aware_nms
 from search_core.types import Box, Detection
 
@@ -74,6 +74,7 @@ def decode_boxes(raw: np.ndarray) -> np.ndarray:
 class ObjectronSsdDetector(OnnxModel):
     """:class:`~search_core.interfaces.Detector` for 23 everyday Open Images classes."""
 
+    labels_file = LABELS_FILE
     filename = "ssd_mobilenetv2_oidv4.onnx"
     name = "objectron-ssd"
 
@@ -89,18 +90,9 @@ class ObjectronSsdDetector(OnnxModel):
         self.min_score = min_score
         self.iou = iou
         self.max_detections = max_detections
-        self._labels: list[str] | None = None
 
     def describe(self) -> str:
         return "MediaPipe Objectron SSD-MobileNetV2 (Open Images v4, 23 classes, ONNX)"
-
-    @property
-    def labels(self) -> list[str]:
-        """Class names index-aligned with the logits; index 0 is the background ("???")."""
-        if self._labels is None:
-            path = verify_model_file(self.models_dir, LABELS_FILE)
-            self._labels = path.read_text(encoding="utf-8").splitlines()
-        return self._labels
 
     @staticmethod
     def preprocess(image: Image.Image) -> np.ndarray:
