@@ -167,8 +167,8 @@ class MergedDetector:
         return self._drop_nested(kept)
 
     def _drop_nested(self, kept: list[tuple[Detection, str]]) -> list[Detection]:
-        """Two boxes of one label where one mostly covers the other (the two models framing one
-        dog tightly and loosely: IoU just under the NMS threshold) are one object for a user
+        """Two boxes of one label and similar size where one mostly covers the other (one dog
+        framed tightly and loosely: IoU just under the NMS threshold) are one object for a user
         choosing from a list; the more confident box stays."""
         result: list[tuple[Detection, str]] = []
         for detection, group in kept:  # already sorted by confidence
@@ -178,7 +178,13 @@ class MergedDetector:
                     continue
                 inter = _intersection(detection.box, other.box)
                 smaller = min(detection.box.area, other.box.area)
-                if smaller > 0 and inter / smaller >= self.nested_overlap:
+                larger = max(detection.box.area, other.box.area)
+                # similar sizes only: a child standing in front of an adult stays its own object
+                if (
+                    smaller > 0
+                    and inter / smaller >= self.nested_overlap
+                    and smaller / larger >= 0.5
+                ):
                     nested = True
                     break
             if not nested:
