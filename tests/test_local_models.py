@@ -68,9 +68,10 @@ def test_embedder_meets_protocol(embedder: EfficientNetEmbedder) -> None:
 
 def test_preprocess_shape_and_range() -> None:
     batch = preprocess([Image.new("RGB", (640, 300), (255, 0, 127)), Image.new("L", (50, 90))])
-    assert batch.shape == (2, 3, 224, 224) and batch.dtype == np.float32
-    assert np.allclose(batch[0, :, 100, 100], [(255 - 127) / 128, -127 / 128, 0.0])
-    assert np.allclose(batch[1], -127 / 128)
+    # uint8 pixels: the ONNX graph applies (x - 127) / 128 itself
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == np.uint8
+    assert batch[0, :, 100, 100].tolist() == [255, 0, 127]
+    assert (batch[1] == 0).all()
 
 
 @needs_data
