@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 (ImageNet) as the offline image embedder, plus free ImageNet keywords.
 
-The ONNX file (built by ``tools/build_models.py``) has one input ``input`` ``[B,3,224,224]`` (uint8 RGB; the model normalises) and
-two outputs: ``features`` (global-average-pooled 1280-d, before the classifier) and ``logits``
+The ONNX file (built by ``tools/build_models.py``) has one input ``input`` ``[B,3,224,224]``
+(uint8 RGB; the graph normalises it) and two outputs: ``features`` (global-average-pooled 1280-d, before the classifier) and ``logits``
 (1000 ImageNet classes). One forward pass therefore yields both the search vector and keyword
 labels. The export bakes TensorFlow-"SAME" padding for 224x224, so inputs must be exactly that
 size; the batch size may vary.

@@ -10,14 +10,12 @@ measured from the cell centre.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from search_core.models.base import OnnxModel
-from search_core.models.nms import class_aware_nms
-from search_core.types import Box, Detection
+from search_core.models.nms import OnnxDetector
+from search_core.types import Detection
 
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
@@ -45,25 +43,12 @@ def decode_distances(reg: np.ndarray, stride: int) -> np.ndarray:
     return (probabilities @ np.arange(BINS, dtype=np.float32)) * stride
 
 
-class NanoDetDetector(OnnxModel):
+class NanoDetDetector(OnnxDetector):
     """:class:`~search_core.interfaces.Detector` for the 80 COCO classes."""
 
     labels_file = LABELS_FILE
     filename = "nanodet.onnx"
     name = "nanodet"
-
-    def __init__(
-        self,
-        models_dir: Path,
-        threads: int = 0,
-        min_score: float = 0.2,
-        iou: float = 0.5,
-        max_detections: int = 50,
-    ) -> None:
-        super().__init__(models_dir, threads)
-        self.min_score = min_score
-        self.iou = iou
-        self.max_detections = max_detections
 
     def describe(self) -> str:
         return "NanoDet (COCO, 80 classes, ONNX)"
@@ -77,8 +62,9 @@ class NanoDetDetector(OnnxModel):
 
     def detect(self, image: Image.Image) -> list[Detection]:
         names = [f"{kind}_{stride}" for stride in STRIDES for kind in ("cls", "reg")]
-        outputs = dict(zip(names, self.session.run(names, {"input": self.preprocess(image)}),
-                           strict=True))
+        outputs = dict(
+            zip(names, self.session.run(names, {"input": self.preprocess(image)}), strict=True)
+        )
         all_boxes, all_scores, all_classes = [], [], []
         for stride in STRIDES:
             scores = outputs[f"cls_{stride}"][0]
@@ -96,17 +82,4 @@ class NanoDetDetector(OnnxModel):
         boxes = np.concatenate(all_boxes)
         scores = np.concatenate(all_scores)
         class_ids = np.concatenate(all_classes)
-        keep = class_aware_nms(boxes, scores, class_ids, self.iou, self.max_detections)
-        labels = self.labels
-        detections = []
-        for i in keep:
-            x0, y0, x1, y1 = (float(v) for v in boxes[i])
-            detections.append(
-                Detection(
-                    label=labels[class_ids[i]],
-                    confidence=round(float(scores[i]) * 100.0, 2),
-                    box=Box(x0, y0, x1 - x0, y1 - y0).clamped(),
-                    model=self.name,
-                )
-            )
-        return detections
+        return self.to_detections(boxes, scores, class_ids)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from search_core.models.base import OnnxModel
-from search_core.models.nms import class_aware_nms
-from search_core.types import Box, Detection
+from search_core.models.nms import OnnxDetector
+from search_core.types import Detection
 
 INPUT_SIZE = 300
 LABELS_FILE = "ssd_oidv4_labels.txt"
@@ -71,25 +69,13 @@ def decode_boxes(raw: np.ndarray) -> np.ndarray:
     )
 
 
-class ObjectronSsdDetector(OnnxModel):
+class ObjectronSsdDetector(OnnxDetector):
     """:class:`~search_core.interfaces.Detector` for 23 everyday Open Images classes."""
 
     labels_file = LABELS_FILE
+    label_offset = 1  # line 0 of the label map is the background class
     filename = "ssd_mobilenetv2_oidv4.onnx"
     name = "objectron-ssd"
-
-    def __init__(
-        self,
-        models_dir: Path,
-        threads: int = 0,
-        min_score: float = 0.2,
-        iou: float = 0.5,
-        max_detections: int = 50,
-    ) -> None:
-        super().__init__(models_dir, threads)
-        self.min_score = min_score
-        self.iou = iou
-        self.max_detections = max_detections
 
     def describe(self) -> str:
         return "MediaPipe Objectron SSD-MobileNetV2 (Open Images v4, 23 classes, ONNX)"
@@ -111,17 +97,4 @@ class ObjectronSsdDetector(OnnxModel):
             return []
         boxes = decode_boxes(raw_boxes[0])[anchor_ids]
         kept_scores = scores[anchor_ids, class_ids]
-        keep = class_aware_nms(boxes, kept_scores, class_ids, self.iou, self.max_detections)
-        labels = self.labels
-        detections = []
-        for i in keep:
-            x0, y0, x1, y1 = (float(v) for v in boxes[i])
-            detections.append(
-                Detection(
-                    label=labels[class_ids[i] + 1],
-                    confidence=round(float(kept_scores[i]) * 100.0, 2),
-                    box=Box(x0, y0, x1 - x0, y1 - y0).clamped(),
-                    model=self.name,
-                )
-            )
-        return detections
+        return self.to_detections(boxes, kept_scores, class_ids)
