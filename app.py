@@ -59,25 +59,41 @@ class QueryImage(gr.Image):
 IMAGE_FILES = Path(tempfile.gettempdir()) / "visual-search-images"
 
 
-def image_file(image: Any) -> str:
+def image_file(image: Any, name: str | None = None) -> str:
     """The image as a JPEG file for an output component, written atomically.
 
     Why not return the PIL image: Gradio saves it to its cache under a hash of the bytes and
     rewrites that file in place every time, so when two users get the same preview at once, a
     download of it can be cut short ("peer closed connection without sending complete message
     body", seen with 20 users in bench/load.py). A file Gradio copies into its cache by rename
-    is never seen half-written.
+    is never seen half-written. ``name`` (a content hash) lets callers skip the encoding when
+    the file already exists.
     """
+    if name is not None:
+        path = IMAGE_FILES / f"{name}.jpg"
+        if path.exists():
+            return str(path)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=88)
     data = buffer.getvalue()
-    path = IMAGE_FILES / f"{hashlib.sha256(data).hexdigest()[:40]}.jpg"
+    path = IMAGE_FILES / f"{name or hashlib.sha256(data).hexdigest()[:40]}.jpg"
     if not path.exists():
         IMAGE_FILES.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.part")
         partial.write_bytes(data)
         os.replace(partial, path)
     return str(path)
+
+
+def preview_file(uri: str, sha256: str) -> str | None:
+    """A result's thumbnail, made once per catalogue image (keyed by its content hash): a
+    search shows a dozen results, and re-reading, decoding and re-encoding each of them on
+    every search cost more CPU than the search itself under load."""
+    cached = IMAGE_FILES / f"preview-{sha256[:40]}.jpg"
+    if cached.exists():
+        return str(cached)
+    preview = get_pipeline().preview(uri)
+    return None if preview is None else image_file(preview, f"preview-{sha256[:40]}")
 
 
 def _analyze(path: str | None) -> AnalyzedImage | None:
@@ -153,10 +169,10 @@ def run_search(
         return [], f"⚠️ {exc}"
     gallery = []
     for rank, hit in enumerate(hits, start=1):
-        preview = pipeline.preview(hit.uri)
+        preview = preview_file(hit.uri, hit.item.sha256)
         if preview is not None:
             caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
-            gallery.append((image_file(preview), caption))
+            gallery.append((preview, caption))
     if not hits:
         count = pipeline.index.count()
         message = (
