@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,9 +79,25 @@ def cmd_index(args: argparse.Namespace) -> int:
         bar.set_postfix(indexed=report.indexed, failed=report.failed, refresh=False)
         bar.refresh()
 
-    report = pipeline.index_source(
-        args.source, prune=args.prune, shard=args.shard, progress=progress
-    )
+    stop = threading.Event()
+    received: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        # ECS stops tasks with SIGTERM (then SIGKILL after stopTimeout): finish the batch in
+        # hand so everything embedded so far is committed, then exit; a second signal kills.
+        received.append(signum)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+        print("stopping after the current batch…", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = pipeline.index_source(
+            args.source, prune=args.prune, shard=args.shard, progress=progress, stop=stop
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     bar.close()
     for failure_uri, reason in report.failures:
         print(f"failed: {failure_uri}: {reason}", file=sys.stderr)
@@ -97,10 +115,20 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.error:
         # The run stopped early (disk full, backend down, model broken): scripts must see it.
         # Finished batches are committed, so running the same command again resumes.
-        resume = (f" ({report.done} of {report.total} files done; run the same command again "
-                  "to resume)") if report.done else ""
+        resume = (
+            (f" ({report.done} of {report.total} files done; run the same command again to resume)")
+            if report.done
+            else ""
+        )
         print(f"error: {report.error}{resume}", file=sys.stderr)
         return EXIT_ERROR
+    if received:
+        print(
+            f"stopped by signal: {report.done} of {report.total} files done; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 128 + received[0]  # 143 for SIGTERM, 130 for SIGINT, as shells report them
     return 0
 
 

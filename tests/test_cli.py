@@ -113,3 +113,53 @@ def test_errors_are_one_clear_line(
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_sigterm_stops_index_at_a_batch_boundary_and_rerun_completes(
+    cli_env: dict[str, str], grocery: Path, tmp_path: Path
+) -> None:
+    """ECS stops a task with SIGTERM: the CLI finishes the batch in hand, exits 143 and says
+    to run again; the rerun lands the rest, every image exactly once."""
+    import signal
+    import sqlite3
+    import time
+
+    corpus = tmp_path / "many"
+    photos = sorted(grocery.glob("train/**/*.jpg"))[:400]
+    for photo in photos:
+        (corpus / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, corpus / photo.parent.name / photo.name)
+    env = {**cli_env, "SEARCH_BATCH_SIZE": "8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search_core", "index", str(corpus)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    database = Path(env["SEARCH_DATA_DIR"]) / "index.sqlite3"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if database.exists():
+            with sqlite3.connect(database) as conn:
+                if conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] > 0:
+                    break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived (machine too fast for 400 images)")
+    assert proc.returncode == 143, err
+    assert "stopped by signal" in err and "Traceback" not in err
+    first = last_json(out)["indexed"]
+    assert 0 < first < len(photos)
+
+    rerun = run_cli("index", str(corpus), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert last_json(rerun.stdout)["indexed"] == len(photos) - first
+    with sqlite3.connect(database) as conn:
+        total, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT sha256) FROM items"
+        ).fetchone()
+    assert total == distinct == len(photos)
