@@ -15,6 +15,10 @@ What it does:
 - k-NN answered by exact search, scored like the k-NN plugin's faiss innerproduct translation;
 - ``strict=True`` (Serverless): custom ``_id`` on index/create and any ``refresh`` parameter are
   refused with 400; ``visibility_delay`` seconds before new documents are searchable.
+- Faults for tests: :meth:`FakeOpenSearch.fail` answers matching requests with an error status
+  (optionally after carrying them out, as a gateway that times out late would); after
+  :meth:`FakeOpenSearch.stop`, connections still open are dropped without an answer and new
+  ones are refused, as with a server that went away.
 
 What it does not do: approximate (HNSW) recall, relevance scoring of text queries, aggregations,
 shards/replicas, real AOSS error texts beyond the ones reproduced, TLS.
@@ -46,6 +50,16 @@ def faiss_ip_score(ip: float) -> float:
     """k-NN plugin: faiss returns -ip; scoreTranslation(raw) = 1/(1+raw) if raw>=0 else 1-raw."""
     raw = -ip
     return 1.0 / (1.0 + raw) if raw >= 0 else 1.0 - raw
+
+
+@dataclass
+class _Fault:
+    path_part: str
+    status: int
+    times: int
+    method: str | None
+    after_processing: bool
+    etype: str
 
 
 @dataclass
@@ -83,6 +97,9 @@ class FakeOpenSearch:
         self.indices: dict[str, _Index] = {}
         self.requests: list[tuple[str, str, bytes]] = []  # (method, path, body)
         self.auth_failures: list[str] = []
+        self.faults: list[_Fault] = []
+        self.injected: list[tuple[str, str, int]] = []  # (method, path, status) of faults sent
+        self.down = False
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +108,7 @@ class FakeOpenSearch:
 
     def start(self) -> FakeOpenSearch:
         fake = self
+        self.down = False
 
         class Handler(_Handler):
             server_fake = fake
@@ -102,6 +120,7 @@ class FakeOpenSearch:
         return self
 
     def stop(self) -> None:
+        self.down = True
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -124,6 +143,34 @@ class FakeOpenSearch:
         with self.lock:
             found = [(p, b) for _, p, b in self.requests if path_part in p and b]
         return [b.decode() if "_bulk" in p else json.loads(b) for p, b in found]
+
+    def fail(
+        self,
+        path_part: str,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        after_processing: bool = False,
+        etype: str = "",
+    ) -> None:
+        """The next ``times`` requests whose path contains ``path_part`` (and method, if given)
+        get ``status``; with ``after_processing`` the request is carried out first."""
+        default = {429: "rejected_execution_exception", 503: "service_unavailable_exception"}
+        with self.lock:
+            self.faults.append(_Fault(path_part, status, times, method, after_processing,
+                                      etype or default.get(status, "internal_server_error")))
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.path_part in path and fault.method in (None, method):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                    self.injected.append((method, path, fault.status))
+                    return fault
+        return None
 
     def all_docs(self, index: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -206,7 +253,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- transport ----------------------------------------------------------------------------
 
+    _override: tuple[int, Any] | None = None
+
     def _send(self, status: int, payload: Any = None) -> None:
+        if self._override is not None:
+            status, payload = self._override
+            self._override = None
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json; charset=UTF-8")
@@ -223,6 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_fake
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
+        if fake.down:  # stopped: drop the connection without an answer
+            self.close_connection = True
+            return
         if fake.latency:
             time.sleep(fake.latency)
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -238,6 +293,14 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in split.path.split("/") if p]
         with fake.lock:
             fake.requests.append((self.command, self.path, body))
+        fault = fake._take_fault(self.command, self.path)
+        if fault is not None:
+            error = {"error": {"type": fault.etype, "reason": f"injected {fault.status}"},
+                     "status": fault.status}
+            if not fault.after_processing:
+                self._send(fault.status, error)
+                return
+            self._override = (fault.status, error)
         if fake.strict and "refresh" in query:
             self._error(400, "illegal_argument_exception",
                         "Refresh policy is not supported in OpenSearch Serverless")

@@ -113,8 +113,13 @@ def index_body(dimension: int, m: int, ef_construction: int) -> dict[str, Any]:
     }
 
 
-def build_client(settings: Settings, *, pool: int | None = None) -> OpenSearch:
-    """An opensearch-py client for ``settings.opensearch_endpoint`` with the right auth."""
+def build_client(
+    settings: Settings, *, pool: int | None = None, resend: bool = True
+) -> OpenSearch:
+    """An opensearch-py client for ``settings.opensearch_endpoint`` with the right auth.
+
+    ``resend=False``: the transport never sends a request twice (no retry after a timeout, a
+    dropped connection or a 502/503/504), for writes that are not idempotent."""
     endpoint = settings.opensearch_endpoint.strip()
     if not endpoint:
         raise ConfigError("OPENSEARCH_ENDPOINT is not set")
@@ -150,8 +155,9 @@ def build_client(settings: Settings, *, pool: int | None = None) -> OpenSearch:
         connection_class=RequestsHttpConnection,
         pool_maxsize=max(10, pool or settings.titan_max_concurrency + 2),
         timeout=30,
-        max_retries=3,
-        retry_on_timeout=True,
+        max_retries=3 if resend else 0,
+        retry_on_timeout=resend,
+        retry_on_status=(502, 503, 504) if resend else (),
     )
 
 
@@ -179,7 +185,9 @@ class OpenSearchIndex:
         self.auth = resolve_auth(settings)
         self.serverless = self.auth == "sigv4-aoss"
         self._client = client
-        self._lock = threading.Lock()
+        self._bulk_client: OpenSearch | None = client
+        # re-entrant: an error inside ensure_index/reset (which hold it) may forget the index
+        self._lock = threading.RLock()
         self._ready = False
         # Hashes written by this process: AOSS search does not see them for up to ~60 s.
         self._recent: set[str] = set()
@@ -192,7 +200,29 @@ class OpenSearchIndex:
             self._client = build_client(self._settings)
         return self._client
 
+    @property
+    def bulk_client(self) -> OpenSearch:
+        """The client for ``_bulk`` writes. Serverless takes no document ids, so a bulk resent
+        after its answer was lost (timeout, dropped connection, 5xx after the write) would
+        store every document again: there the bulk is never resent by the transport; the
+        ambiguous failure stops the run and the rerun's sha256 check skips what did land.
+        (429s are still retried by the bulk helper: a rejected bulk was not applied.)"""
+        if self._bulk_client is None:
+            self._bulk_client = (
+                build_client(self._settings, resend=False) if self.serverless else self.client
+            )
+        return self._bulk_client
+
+    def _forget_index(self) -> None:
+        """The index is gone (deleted under us): the next call re-creates it, and the hashes
+        this process wrote must no longer count as present, or a rerun would skip them."""
+        with self._lock:
+            self._ready = False
+            self._recent.clear()
+
     def _error(self, exc: Exception, action: str) -> SearchError:
+        if isinstance(exc, os_exc.NotFoundError) and exc.error == "index_not_found_exception":
+            self._forget_index()
         endpoint = self._settings.opensearch_endpoint
         where = f"OpenSearch {action} on {self.index_name!r} at {endpoint}"
         if isinstance(exc, SearchError):
@@ -315,7 +345,7 @@ class OpenSearchIndex:
         failures: list[str] = []
         try:
             for ok, info in helpers.streaming_bulk(
-                self.client,
+                self.bulk_client,
                 actions(),
                 chunk_size=BULK_DOCS,
                 max_chunk_bytes=BULK_BYTES,
@@ -336,6 +366,8 @@ class OpenSearchIndex:
                     item.sha256 for (_, item), ok in zip(chosen, outcomes, strict=False) if ok
                 )
         added = sum(outcomes)
+        if any(reason.startswith("index_not_found_exception") for reason in failures):
+            self._forget_index()
         if failures:
             raise BackendError(
                 f"OpenSearch refused {len(failures)} of {len(chosen)} documents "
