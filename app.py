@@ -23,6 +23,7 @@ import gradio as gr
 from search_core.crop import box_from_pixels, draw_detections
 from search_core.errors import ImageError, SearchError
 from search_core.factory import get_pipeline
+from search_core.interfaces import EventuallyConsistent
 from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
 from search_core.sources import open_source
 
@@ -192,7 +193,8 @@ def run_search(
 
 def _eventually_consistent() -> bool:
     """OpenSearch Serverless shows new documents only after up to a minute."""
-    return bool(getattr(get_pipeline().index, "serverless", False))
+    index = get_pipeline().index
+    return isinstance(index, EventuallyConsistent) and index.serverless
 
 
 # -- Index tab ---------------------------------------------------------------------------------

@@ -17,10 +17,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_core.config import Settings
 from search_core.errors import SearchError
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the model code
+    from search_core.indexing import IndexReport
 
 EXIT_ERROR = 2
 
@@ -48,21 +51,21 @@ def _progress_bar(total_hint: int = 0):
 
 def cmd_index(args: argparse.Namespace) -> int:
     from search_core.costs import estimate_ingest, needs_estimate
+    from search_core.interfaces import Loadable
 
     pipeline = _pipeline()
     settings = pipeline.settings
     # Load the embedder first: a missing or corrupted model file is one clear error now,
     # not the same failure repeated for every file of the run.
-    load = getattr(pipeline.embedder, "load", None)
-    if callable(load):
-        load()
+    if isinstance(pipeline.embedder, Loadable):
+        pipeline.embedder.load()
     bar = _progress_bar()
     estimate: dict[str, Any] = {}
 
-    def progress(report: Any) -> None:
+    def progress(report: IndexReport) -> None:
         if (
             not estimate
-            and getattr(report, "phase", "") == "embedding"
+            and report.phase == "embedding"
             and needs_estimate(settings.embedder, settings.index)
         ):
             cost = estimate_ingest(

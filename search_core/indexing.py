@@ -26,7 +26,14 @@ from PIL import Image
 
 from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
-from search_core.interfaces import Embedder, ImageSource, VectorIndex
+from search_core.interfaces import (
+    BatchEmbedder,
+    Embedder,
+    GraphIndex,
+    ImageSource,
+    PartialBatchEmbedder,
+    VectorIndex,
+)
 from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
@@ -186,15 +193,12 @@ class Indexer:
         self.max_pixels = max_pixels
         self.max_side = max_side
         # Local ONNX embedders split preprocessing (parallel, in workers) from the forward pass.
-        self._preprocess: Callable[[list[Image.Image]], np.ndarray] | None = getattr(
-            embedder, "preprocess", None
-        )
-        forward = getattr(embedder, "forward", None)
+        self._preprocess: Callable[[list[Image.Image]], np.ndarray] | None = None
         self._forward: Callable[[np.ndarray], np.ndarray] | None = None
-        if self._preprocess is not None and forward is not None:
+        if isinstance(embedder, BatchEmbedder):
+            forward = embedder.forward
+            self._preprocess = embedder.preprocess
             self._forward = lambda batch: _first(forward(batch))
-        else:
-            self._preprocess = None
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -221,7 +225,7 @@ class Indexer:
                 size_bytes=len(data),
                 model=self.embedder.model_id,
                 dimension=self.embedder.dimension,
-                extra={"version": entry.version, "source": getattr(source, "uri", "")},
+                extra={"version": entry.version, "source": source.uri},
             )
             tensor = self._preprocess([image])[0] if self._preprocess else None
             return _Prepared(
@@ -260,10 +264,10 @@ class Indexer:
             if self._forward is not None:
                 vectors = self._forward(np.stack([item.tensor for item in batch]))
                 return list(vectors)
-            partial = getattr(self.embedder, "embed_images_partial", None)
             images = [item.image for item in batch]
-            if partial is not None:
-                return [r if isinstance(r, np.ndarray) else str(r) for r in partial(images)]
+            if isinstance(self.embedder, PartialBatchEmbedder):
+                results = self.embedder.embed_images_partial(images)
+                return [r if isinstance(r, np.ndarray) else str(r) for r in results]
             return list(self.embedder.embed_images(images))
         except ConfigError:
             raise  # a broken model or setting fails every file alike: stop the run instead
@@ -280,7 +284,7 @@ class Indexer:
         stop: threading.Event | None = None,
     ) -> IndexReport:
         started = time.perf_counter()
-        report = IndexReport(source=getattr(source, "uri", ""))
+        report = IndexReport(source=source.uri)
         last_report = 0.0
 
         def tick(force: bool = False) -> None:
@@ -401,20 +405,19 @@ class Indexer:
 
         if prune and not report.stopped:
             listed = {e.uri for e in entries}
-            root = getattr(source, "uri", "")
+            root = source.uri
             gone = [
                 item.sha256
                 for uri, item in existing.items()
                 if uri not in listed and item.extra.get("source") == root and in_shard(uri, shard)
             ]
             report.pruned = self.index.delete(gone)
-        build_graph = getattr(self.index, "build_graph", None)
-        if callable(build_graph) and report.indexed and not report.stopped:
+        if isinstance(self.index, GraphIndex) and report.indexed and not report.stopped:
             # Large local indexes: build/extend and save the HNSW graph now, in the ingest job,
             # rather than in the first user search after it.
             report.current = "updating the search graph"
             tick(force=True)
-            build_graph()
+            self.index.build_graph()
         report.current = ""
         report.phase = "done"
         tick(force=True)

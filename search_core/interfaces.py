@@ -1,5 +1,12 @@
-"""The four narrow seams of the product. Every backend (local ONNX, CLIP, AWS) implements these
-and nothing else; :mod:`search_core.factory` picks implementations from configuration."""
+"""The narrow seams of the product, and the optional capabilities a backend may add.
+
+Every backend (local ONNX, CLIP, AWS) implements one of the four base Protocols
+(:class:`Detector`, :class:`Embedder`, :class:`VectorIndex`, :class:`ImageSource`);
+:mod:`search_core.factory` picks implementations from configuration. A fast path or an extra
+behaviour that only some backends have is declared below as a small optional Protocol and found
+with ``isinstance``, never with ``getattr`` on a method name: a misspelt hook then fails the
+``isinstance`` test in ``tests/test_interfaces.py`` instead of silently turning the fast path off.
+"""
 
 from __future__ import annotations
 
@@ -93,3 +100,66 @@ class ImageSource(Protocol):
     def read(self, entry: SourceEntry) -> bytes:
         """The entry's bytes; raises SourceError/OSError for that entry only."""
         ...
+
+
+# --------------------------------------------------------------------------- optional capabilities
+
+
+@runtime_checkable
+class Loadable(Protocol):
+    """A model that loads lazily on first use. ``load()`` loads it now (server warm-up, the
+    CLI's early check for a missing model file); ``loaded`` tells readiness probes whether it is
+    in memory."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None: ...
+
+
+@runtime_checkable
+class BatchEmbedder(Protocol):
+    """An embedder whose preprocessing can run apart from inference: the indexer decodes and
+    preprocesses in worker threads while the main thread runs ``forward`` on whole batches."""
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """A model-ready batch, one row per image."""
+        ...
+
+    def forward(self, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Unit-length vectors for a preprocessed batch (first element when a tuple)."""
+        ...
+
+
+@runtime_checkable
+class PartialBatchEmbedder(Protocol):
+    """An embedder that can lose single images of a batch (remote calls): it returns a vector
+    or the error per image so one failure does not discard the rest of the batch."""
+
+    def embed_images_partial(
+        self, images: Sequence[Image.Image]
+    ) -> Sequence[np.ndarray | Exception]: ...
+
+
+@runtime_checkable
+class PrefersBatchSize(Protocol):
+    """An embedder that wants bigger indexing batches than ``SEARCH_BATCH_SIZE`` (a remote
+    embedder waits for the slowest call of each batch, so more calls per batch amortise it)."""
+
+    preferred_batch_size: int
+
+
+@runtime_checkable
+class EventuallyConsistent(Protocol):
+    """An index whose new documents may become searchable only some time after ``add``
+    (OpenSearch Serverless: up to a minute); ``serverless`` is True when that applies."""
+
+    serverless: bool
+
+
+@runtime_checkable
+class GraphIndex(Protocol):
+    """An index that keeps an approximate-search graph; ``build_graph`` builds or extends and
+    saves it (done at the end of an ingest job rather than in the first search after it)."""
+
+    def build_graph(self) -> bool: ...

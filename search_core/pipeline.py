@@ -20,7 +20,13 @@ from search_core.crop import crop
 from search_core.errors import ImageError, SearchError
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
-from search_core.interfaces import Detector, Embedder, VectorIndex
+from search_core.interfaces import (
+    Detector,
+    Embedder,
+    Loadable,
+    PrefersBatchSize,
+    VectorIndex,
+)
 from search_core.jobs import JobManager
 from search_core.sources import open_source
 from search_core.types import Box, Detection, SearchHit
@@ -219,16 +225,12 @@ class SearchPipeline:
     ) -> list[SearchHit]:
         return self.search_vector(self.query_vector(analyzed, choice, text), k, filters)
 
-    def search_bytes(
-        self, data: bytes, choice: str | int | None = AUTO, k: int = 10
-    ) -> list[SearchHit]:
-        return self.search(self.analyze(data), choice, k=k)
-
     # -- indexing ------------------------------------------------------------------------------
 
     def indexer(self) -> Indexer:
         # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
-        preferred = int(getattr(self.embedder, "preferred_batch_size", 0) or 0)
+        embedder = self.embedder
+        preferred = embedder.preferred_batch_size if isinstance(embedder, PrefersBatchSize) else 0
         return Indexer(
             self.embedder,
             self.index,
@@ -285,30 +287,25 @@ class SearchPipeline:
     def warm_up(self) -> None:
         """Loads every model now so the first user does not wait for it."""
         for part in (self.detector, self.embedder):
-            load = getattr(part, "load", None)
-            if callable(load):
-                load()
-            for sub in getattr(part, "detectors", ()) or ():
-                sub_load = getattr(sub, "load", None)
-                if callable(sub_load):
-                    sub_load()
+            if isinstance(part, Loadable):
+                part.load()  # a merged detector loads each of its parts
 
     def stats(self) -> dict[str, Any]:
         stats = dict(self.index.stats())
         stats.setdefault("dimension", self.embedder.dimension)
         stats["embedder"] = self.embedder.model_id
-        stats["detector"] = getattr(self.detector, "name", "none") if self.detector else "none"
+        stats["detector"] = self.detector.name if self.detector else "none"
         stats["supports_text"] = self.embedder.supports_text
         return stats
 
     def health(self) -> dict[str, Any]:
         """Readiness for /healthz: models loaded and the index answering."""
-        model_loaded = bool(getattr(self.embedder, "loaded", True))
+        model_loaded = self.embedder.loaded if isinstance(self.embedder, Loadable) else True
         result: dict[str, Any] = {
             "model_loaded": model_loaded,
             "embedder": self.embedder.model_id,
-            "detector": getattr(self.detector, "name", "none") if self.detector else "none",
-            "backend": getattr(self.index, "name", type(self.index).__name__),
+            "detector": self.detector.name if self.detector else "none",
+            "backend": self.index.name,
         }
         try:
             result["count"] = self.index.count()

@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image
 
 from search_core.config import Settings
-from search_core.interfaces import Detector
+from search_core.interfaces import Detector, Loadable
 from search_core.models.nanodet import NanoDetDetector
 from search_core.models.nms import class_aware_nms
 from search_core.models.objectron_ssd import ObjectronSsdDetector
-from search_core.types import Box, Detection
+from search_core.types import Detection
 
 # raw label (lower case, either model) -> (display label, group of equivalent labels)
 # Labels not listed keep their own name (title-cased) and form a group of their own.
@@ -111,15 +111,14 @@ class MergedDetector:
         self.nested_overlap = nested_overlap
         self.name = "+".join(d.name for d in self.detectors) or "none"
 
+    @property
+    def loaded(self) -> bool:
+        return all(d.loaded for d in self.detectors if isinstance(d, Loadable))
+
     def load(self) -> None:
         for detector in self.detectors:
-            load = getattr(detector, "load", None)
-            if load is not None:
-                load()
-
-    def describe(self) -> str:
-        parts = [getattr(d, "describe", lambda d=d: d.name)() for d in self.detectors]
-        return " + ".join(parts)
+            if isinstance(detector, Loadable):
+                detector.load()
 
     def normalise(self, detection: Detection) -> tuple[Detection, str]:
         display, group = canonical(detection.label)
@@ -176,7 +175,7 @@ class MergedDetector:
             for other, other_group in result:
                 if other_group != group:
                     continue
-                inter = _intersection(detection.box, other.box)
+                inter = detection.box.intersection(other.box)
                 smaller = min(detection.box.area, other.box.area)
                 larger = max(detection.box.area, other.box.area)
                 # similar sizes only: a child standing in front of an adult stays its own object
@@ -196,12 +195,6 @@ class MergedDetector:
         for detector in self.detectors:
             found.extend(detector.detect(image))
         return self.merge(found)
-
-
-def _intersection(a: Box, b: Box) -> float:
-    width = min(a.left + a.width, b.left + b.width) - max(a.left, b.left)
-    height = min(a.top + a.height, b.top + b.height) - max(a.top, b.top)
-    return max(width, 0.0) * max(height, 0.0)
 
 
 def build_local_detector(settings: Settings) -> MergedDetector:
