@@ -96,10 +96,6 @@ class JobManager:
         finally:
             job.finished = time.time()
 
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
     def _snapshot(self) -> list[Job]:
         with self._lock:
             return list(self._jobs.values())

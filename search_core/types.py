@@ -32,12 +32,14 @@ class Box:
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
+    def intersection(self, other: Box) -> float:
+        """Area covered by both boxes (0 when they do not overlap)."""
+        width = min(self.left + self.width, other.left + other.width) - max(self.left, other.left)
+        height = min(self.top + self.height, other.top + other.height) - max(self.top, other.top)
+        return max(width, 0.0) * max(height, 0.0)
+
     def iou(self, other: Box) -> float:
-        left = max(self.left, other.left)
-        top = max(self.top, other.top)
-        right = min(self.left + self.width, other.left + other.width)
-        bottom = min(self.top + self.height, other.top + other.height)
-        inter = max(right - left, 0.0) * max(bottom - top, 0.0)
+        inter = self.intersection(other)
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 

@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from search_core.models.efficientnet import l2_normalise, preprocess
+from search_core.models.efficientnet import preprocess
+from search_core.vectors import l2_normalise
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery"
 

@@ -131,10 +131,6 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
-def is_throttling(exc: BaseException) -> bool:
-    return error_code(exc) in THROTTLING_CODES
-
-
 def translate_error(
     exc: BaseException, *, service: str, action: str, settings: Settings, resource: str = ""
 ) -> BackendError:

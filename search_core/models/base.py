@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from abc import ABC, abstractmethod
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ def verify_model_file(models_dir: Path, filename: str) -> Path:
     return path
 
 
-class OnnxModel(ABC):
+class OnnxModel:
     """Owns one ONNX Runtime session, created on first use."""
 
     #: file name inside the models directory
@@ -104,9 +103,5 @@ class OnnxModel(ABC):
         self._after_load(session)
         return session
 
-    def _after_load(self, session: Any) -> None:  # noqa: B027 - optional hook
+    def _after_load(self, session: Any) -> None:
         """Subclasses read input/output names here."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """Short human-readable name for stats and the UI."""

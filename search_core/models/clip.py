@@ -17,11 +17,7 @@ import numpy as np
 from PIL import Image
 
 from search_core.errors import BackendError, SearchError
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+from search_core.vectors import l2_normalise
 
 
 def _tensor(output: Any) -> Any:
@@ -45,9 +41,6 @@ class ClipEmbedder:
         self._model: Any = None
         self._processor: Any = None
         self._dimension: int | None = None
-
-    def describe(self) -> str:
-        return f"CLIP {self.model_name} (transformers)"
 
     @property
     def loaded(self) -> bool:
@@ -105,7 +98,7 @@ class ClipEmbedder:
             chunks.append(features.float().numpy())
         if not chunks:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return _normalise(np.concatenate(chunks))
+        return l2_normalise(np.concatenate(chunks))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -116,7 +109,7 @@ class ClipEmbedder:
         )
         with torch.inference_mode():
             features = _tensor(self._model.get_text_features(**inputs))
-        return _normalise(features.float().numpy())
+        return l2_normalise(features.float().numpy())
 
     def embed_query(self, image: Image.Image | None = None, text: str | None = None) -> np.ndarray:
         """Image, text, or both: for both, the normalised sum of the two unit vectors, the
@@ -128,4 +121,4 @@ class ClipEmbedder:
             parts.append(self.embed_texts([text.strip()])[0])
         if not parts:
             raise SearchError("a query image or text is needed")
-        return _normalise(np.sum(parts, axis=0))
+        return l2_normalise(np.sum(parts, axis=0))

@@ -21,6 +21,7 @@ from PIL import Image
 
 from search_core.errors import ImageError, NotSupportedError
 from search_core.models.base import OnnxModel
+from search_core.vectors import l2_normalise
 
 INPUT_SIZE = 224
 RESIZE_SHORT_SIDE = 256
@@ -63,11 +64,6 @@ def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
     return np.stack([preprocess_one(image) for image in images])
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -86,9 +82,6 @@ class EfficientNetEmbedder(OnnxModel):
     def __init__(self, models_dir: Path, threads: int = 0, batch_size: int = 16) -> None:
         super().__init__(models_dir, threads)
         self.batch_size = max(1, batch_size)
-
-    def describe(self) -> str:
-        return "EfficientNet-Lite0 (ImageNet, 1280-d, ONNX)"
 
     @staticmethod
     def preprocess(images: Sequence[Image.Image]) -> np.ndarray:

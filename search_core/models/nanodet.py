@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from search_core.models.nms import OnnxDetector
+from search_core.models.onnx_detector import OnnxDetector
 from search_core.types import Detection
 
 INPUT_SIZE = 416
@@ -49,9 +49,6 @@ class NanoDetDetector(OnnxDetector):
     labels_file = LABELS_FILE
     filename = "nanodet.onnx"
     name = "nanodet"
-
-    def describe(self) -> str:
-        return "NanoDet (COCO, 80 classes, ONNX)"
 
     @staticmethod
     def preprocess(image: Image.Image) -> np.ndarray:

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from search_core.models.nms import OnnxDetector
+from search_core.models.onnx_detector import OnnxDetector
 from search_core.types import Detection
 
 INPUT_SIZE = 300
@@ -76,9 +76,6 @@ class ObjectronSsdDetector(OnnxDetector):
     label_offset = 1  # line 0 of the label map is the background class
     filename = "ssd_mobilenetv2_oidv4.onnx"
     name = "objectron-ssd"
-
-    def describe(self) -> str:
-        return "MediaPipe Objectron SSD-MobileNetV2 (Open Images v4, 23 classes, ONNX)"
 
     @staticmethod
     def preprocess(image: Image.Image) -> np.ndarray:
