@@ -1,36 +1,51 @@
-"""The one place that turns configuration into concrete backends."""
+"""The one place that turns configuration into concrete backends.
+
+Every backend is built here, from :class:`Settings`, by one builder per name in the tables
+below. The local model classes take plain values (``models/`` knows nothing about environment
+variables, so benchmarks and tests construct them directly); the AWS backends take ``Settings``
+because they share the client configuration of :mod:`search_core.aws.clients` (region, retries,
+pool size). Adding a backend is one builder and one table row; a name in no table raises
+:class:`ConfigError` instead of quietly falling back to the local backend.
+
+Imports stay inside the builders: the offline app must start without boto3 or torch.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from typing import TypeVar
 
 from search_core.config import Settings
 from search_core.errors import ConfigError
 from search_core.interfaces import Detector, Embedder, VectorIndex
 from search_core.pipeline import SearchPipeline
 
-
-def build_detector(settings: Settings) -> Detector | None:
-    if settings.detector == "none":
-        return None
-    if settings.detector == "rekognition":
-        from search_core.aws.rekognition import RekognitionDetector
-
-        return RekognitionDetector(settings)
-    from search_core.models.detectors import build_local_detector
-
-    return build_local_detector(settings)
+T = TypeVar("T")
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    if settings.embedder == "titan":
-        from search_core.aws.titan import TitanEmbedder
+def _local_detector(settings: Settings) -> Detector:
+    from search_core.models.detectors import MergedDetector
+    from search_core.models.nanodet import NanoDetDetector
+    from search_core.models.objectron_ssd import ObjectronSsdDetector
 
-        return TitanEmbedder(settings)
-    if settings.embedder == "clip":
-        from search_core.models.clip import ClipEmbedder
+    threads = settings.onnx_threads
+    return MergedDetector(
+        [
+            ObjectronSsdDetector(settings.models_dir, threads=threads),
+            NanoDetDetector(settings.models_dir, threads=threads),
+        ],
+        min_confidence=settings.min_detection_confidence,
+    )
 
-        return ClipEmbedder(settings.clip_model, batch_size=settings.batch_size)
+
+def _rekognition_detector(settings: Settings) -> Detector:
+    from search_core.aws.rekognition import RekognitionDetector
+
+    return RekognitionDetector(settings)
+
+
+def _efficientnet_embedder(settings: Settings) -> Embedder:
     from search_core.models.efficientnet import EfficientNetEmbedder
 
     return EfficientNetEmbedder(
@@ -38,21 +53,71 @@ def build_embedder(settings: Settings) -> Embedder:
     )
 
 
+def _clip_embedder(settings: Settings) -> Embedder:
+    from search_core.models.clip import ClipEmbedder
+
+    return ClipEmbedder(settings.clip_model, batch_size=settings.batch_size)
+
+
+def _titan_embedder(settings: Settings) -> Embedder:
+    from search_core.aws.titan import TitanEmbedder
+
+    return TitanEmbedder(settings)
+
+
+def _local_index(settings: Settings, embedder: Embedder) -> VectorIndex:
+    from search_core.local_index import LocalIndex
+
+    return LocalIndex(
+        settings.data_dir,
+        dimension=embedder.dimension,
+        model_id=embedder.model_id,
+        hnsw_threshold=settings.hnsw_threshold,
+    )
+
+
+def _opensearch_index(settings: Settings, embedder: Embedder) -> VectorIndex:
+    from search_core.aws.opensearch_index import OpenSearchIndex
+
+    return OpenSearchIndex(settings, dimension=embedder.dimension, model_id=embedder.model_id)
+
+
+#: SEARCH_DETECTOR -> builder (``none``: search whole images only)
+DETECTORS: dict[str, Callable[[Settings], Detector | None]] = {
+    "local": _local_detector,
+    "rekognition": _rekognition_detector,
+    "none": lambda _settings: None,
+}
+#: SEARCH_EMBEDDER -> builder
+EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
+    "efficientnet": _efficientnet_embedder,
+    "clip": _clip_embedder,
+    "titan": _titan_embedder,
+}
+#: SEARCH_INDEX -> builder (the index stores vectors of the embedder's dimension and model)
+INDEXES: dict[str, Callable[[Settings, Embedder], VectorIndex]] = {
+    "local": _local_index,
+    "opensearch": _opensearch_index,
+}
+
+
+def _builder(table: Mapping[str, T], variable: str, name: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        raise ConfigError(f"{variable}={name!r} is not one of {', '.join(sorted(table))}") from None
+
+
+def build_detector(settings: Settings) -> Detector | None:
+    return _builder(DETECTORS, "SEARCH_DETECTOR", settings.detector)(settings)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    return _builder(EMBEDDERS, "SEARCH_EMBEDDER", settings.embedder)(settings)
+
+
 def build_index(settings: Settings, embedder: Embedder) -> VectorIndex:
-    if settings.index == "opensearch":
-        from search_core.aws.opensearch_index import OpenSearchIndex
-
-        return OpenSearchIndex(settings, dimension=embedder.dimension, model_id=embedder.model_id)
-    if settings.index == "local":
-        from search_core.local_index import LocalIndex
-
-        return LocalIndex(
-            settings.data_dir,
-            dimension=embedder.dimension,
-            model_id=embedder.model_id,
-            hnsw_threshold=settings.hnsw_threshold,
-        )
-    raise ConfigError(f"unknown index backend {settings.index!r}")
+    return _builder(INDEXES, "SEARCH_INDEX", settings.index)(settings, embedder)
 
 
 def build_pipeline(settings: Settings | None = None) -> SearchPipeline:

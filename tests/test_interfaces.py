@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from search_core.config import Settings
-from search_core.factory import build_detector, build_embedder, build_index
+from search_core.errors import ConfigError
+from search_core.factory import (
+    DETECTORS,
+    EMBEDDERS,
+    INDEXES,
+    build_detector,
+    build_embedder,
+    build_index,
+)
 from search_core.interfaces import (
     BatchEmbedder,
     Detector,
@@ -94,3 +102,22 @@ def test_a_misspelt_hook_is_not_a_capability() -> None:
         def foward(self, batch: object) -> None: ...
 
     assert not isinstance(Misspelt(), BatchEmbedder)
+
+
+def test_unknown_backend_names_raise(tmp_path: Path) -> None:
+    """A typo in a backend name is an error, not a silent fall-back to the local backend
+    (Settings() skips validation, as a caller building one by hand may)."""
+    for build, field in ((build_detector, "detector"), (build_embedder, "embedder")):
+        with pytest.raises(ConfigError, match="is not one of"):
+            build(Settings(data_dir=tmp_path, **{field: "efficientnett"}))
+    embedder = build_embedder(Settings(data_dir=tmp_path))
+    with pytest.raises(ConfigError, match="SEARCH_INDEX='faiss' is not one of local, opensearch"):
+        build_index(Settings(data_dir=tmp_path, index="faiss"), embedder)
+
+
+def test_factory_builds_every_choice_config_accepts() -> None:
+    from search_core.config import CHOICES
+
+    assert set(DETECTORS) == CHOICES["detector"]
+    assert set(EMBEDDERS) == CHOICES["embedder"]
+    assert set(INDEXES) == CHOICES["index"]

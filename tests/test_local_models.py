@@ -11,9 +11,10 @@ from PIL import Image
 
 from search_core.config import MODELS_DIR, Settings
 from search_core.errors import ConfigError, ImageError, NotSupportedError
+from search_core.factory import build_detector
 from search_core.interfaces import Detector, Embedder
 from search_core.models.base import verify_model_file
-from search_core.models.detectors import MergedDetector, build_local_detector, canonical
+from search_core.models.detectors import MergedDetector, canonical
 from search_core.models.efficientnet import EfficientNetEmbedder, preprocess
 from search_core.models.nanodet import NanoDetDetector
 from search_core.models.objectron_ssd import ObjectronSsdDetector, anchors
@@ -46,7 +47,9 @@ def embedder() -> EfficientNetEmbedder:
 
 @pytest.fixture(scope="module")
 def detector() -> MergedDetector:
-    return build_local_detector(Settings(models_dir=MODELS_DIR, onnx_threads=2))
+    detector = build_detector(Settings(models_dir=MODELS_DIR, onnx_threads=2))
+    assert isinstance(detector, MergedDetector)
+    return detector
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,11 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from search_core.config import Settings
 from search_core.interfaces import Detector, Loadable
-from search_core.models.nanodet import NanoDetDetector
 from search_core.models.nms import class_aware_nms
-from search_core.models.objectron_ssd import ObjectronSsdDetector
 from search_core.types import Detection
 
 # raw label (lower case, either model) -> (display label, group of equivalent labels)
@@ -195,15 +192,3 @@ class MergedDetector:
         for detector in self.detectors:
             found.extend(detector.detect(image))
         return self.merge(found)
-
-
-def build_local_detector(settings: Settings) -> MergedDetector:
-    """The default offline detector from configuration (models load lazily on first use)."""
-    threads = settings.onnx_threads
-    return MergedDetector(
-        [
-            ObjectronSsdDetector(settings.models_dir, threads=threads),
-            NanoDetDetector(settings.models_dir, threads=threads),
-        ],
-        min_confidence=settings.min_detection_confidence,
-    )
