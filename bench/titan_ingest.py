@@ -182,6 +182,7 @@ def run_ours(args: argparse.Namespace, fake: FakeOpenSearch, bedrock: RemoteStan
         titan_max_concurrency=args.concurrency, titan_embedding_length=DIM,
         opensearch_endpoint=fake.url, opensearch_auth="sigv4-aoss",
         opensearch_index=name, batch_size=args.batch_size,
+        aws_retry_mode=Settings.read("aws_retry_mode"),  # main() sets it per run
     )
     embedder = TitanEmbedder(settings)
     vindex = OpenSearchIndex(settings, dimension=DIM, model_id=embedder.model_id)
@@ -205,7 +206,7 @@ def run_ours(args: argparse.Namespace, fake: FakeOpenSearch, bedrock: RemoteStan
             "rerun_indexed": rerun.indexed, "rerun_seconds": round(rerun.seconds, 2),
             "bedrock_calls": calls1 - calls0, "throttled": throttled1 - throttled0,
             "concurrency": args.concurrency, "batch_size": args.batch_size,
-            "retry_mode": clients.retry_mode("bedrock-runtime")}
+            "retry_mode": clients.retry_mode(settings, "bedrock-runtime")}
 
 
 def main() -> None:

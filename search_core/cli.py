@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -38,19 +37,19 @@ def _pipeline(settings: Settings | None = None):
     return build_pipeline(settings or Settings.from_env())
 
 
-def _progress_bar(total_hint: int = 0):
+def _progress_bar(settings: Settings, total_hint: int = 0):
     from tqdm import tqdm
 
     return tqdm(
         total=total_hint,
         unit="img",
         file=sys.stderr,
-        disable=not sys.stderr.isatty() and not os.environ.get("SEARCH_PROGRESS"),
+        disable=not sys.stderr.isatty() and not settings.progress,
     )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from search_core.costs import estimate_ingest, needs_estimate
+    from search_core.costs import Prices, estimate_ingest, needs_estimate
     from search_core.interfaces import Loadable
 
     pipeline = _pipeline()
@@ -59,7 +58,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     # not the same failure repeated for every file of the run.
     if isinstance(pipeline.embedder, Loadable):
         pipeline.embedder.load()
-    bar = _progress_bar()
+    bar = _progress_bar(settings)
     estimate: dict[str, Any] = {}
 
     def progress(report: IndexReport) -> None:
@@ -74,6 +73,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 index=settings.index,
                 dimension=pipeline.embedder.dimension,
                 titan_concurrency=settings.titan_max_concurrency,
+                prices=Prices.from_settings(settings),
             )
             estimate.update(cost.to_dict())
             print("\n".join(cost.lines()), file=sys.stderr, flush=True)
@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reverse image search on your own catalogue "
         "(SEARCH_DATA_DIR selects the data).",
     )
-    parser.add_argument("--log-level", default=os.environ.get("SEARCH_LOG_LEVEL", "WARNING"))
+    parser.add_argument(
+        "--log-level", default=Settings.read("log_level") or "WARNING", help="(env LOG_LEVEL)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="add a folder or s3://bucket/prefix to the index")
@@ -260,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # LOG_LEVEL and SEARCH_DEBUG are read first: a bad value is one line too
+        parser = build_parser()
+        debug = Settings.read("debug")
+    except SearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -277,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the contract: never a traceback
-        if os.environ.get("SEARCH_DEBUG"):
+        if debug:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,8 @@
 
 Titan Multimodal Embeddings bills per image and OpenSearch Serverless per OCU-hour, so a
 million-image job is a real bill: the estimate shows the figures it used and where they come
-from, and every price is overridable from the environment because prices differ by region and
-change over time.
+from, and every price is a setting (``SEARCH_PRICE_*``, ``SEARCH_COST_*`` in
+:mod:`search_core.config`) because prices differ by region and change over time.
 
 Defaults are AWS public on-demand prices for us-east-1 (checked for this release):
 - Titan Multimodal Embeddings G1 (``amazon.titan-embed-image-v1``): $0.00006 per input image
@@ -14,36 +14,20 @@ Defaults are AWS public on-demand prices for us-east-1 (checked for this release
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from search_core.errors import ConfigError
+from search_core.config import SETTINGS_DOC, Settings
 
-#: (environment variable, default, meaning): shown in the estimate and in docs/scale-out.md
+#: (environment variable, default, meaning) of the prices: shown in docs/scale-out.md
 PRICE_SETTINGS: list[tuple[str, str, str]] = [
-    ("SEARCH_PRICE_TITAN_IMAGE", "0.00006", "USD per image embedded by Titan Multimodal G1."),
-    ("SEARCH_PRICE_AOSS_OCU_HOUR", "0.24", "USD per OpenSearch Serverless OCU-hour."),
-    ("SEARCH_PRICE_AOSS_STORAGE_GB_MONTH", "0.024", "USD per GB-month of AOSS storage."),
-    ("SEARCH_COST_AOSS_INDEXING_OCUS", "2", "Indexing OCUs assumed busy during the job."),
-    ("SEARCH_COST_IMAGES_PER_S", "", "Assumed ingest speed (default: Titan concurrency x 4/s)."),
+    row for row in SETTINGS_DOC if row[0].startswith(("SEARCH_PRICE_", "SEARCH_COST_"))
 ]
 
 #: Titan answers one image in roughly 0.25 s, so each parallel call adds about 4 images/s.
 TITAN_IMAGES_PER_S_PER_CALL = 4.0
 #: an HNSW knn_vector costs about 1.5x the raw float32 bytes on disk (graph + doc source)
 STORAGE_OVERHEAD = 1.5
-
-
-def _price(name: str, default: str) -> float:
-    raw = os.environ.get(name, "").strip() or default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
 
 
 @dataclass(frozen=True)
@@ -55,14 +39,26 @@ class Prices:
     images_per_s: float | None = None
 
     @classmethod
-    def from_env(cls) -> Prices:
-        speed = os.environ.get("SEARCH_COST_IMAGES_PER_S", "").strip()
+    def from_settings(cls, settings: Settings) -> Prices:
         return cls(
-            titan_image=_price("SEARCH_PRICE_TITAN_IMAGE", "0.00006"),
-            aoss_ocu_hour=_price("SEARCH_PRICE_AOSS_OCU_HOUR", "0.24"),
-            aoss_storage_gb_month=_price("SEARCH_PRICE_AOSS_STORAGE_GB_MONTH", "0.024"),
-            aoss_indexing_ocus=_price("SEARCH_COST_AOSS_INDEXING_OCUS", "2"),
-            images_per_s=_price("SEARCH_COST_IMAGES_PER_S", speed) if speed else None,
+            titan_image=settings.price_titan_image,
+            aoss_ocu_hour=settings.price_aoss_ocu_hour,
+            aoss_storage_gb_month=settings.price_aoss_storage_gb_month,
+            aoss_indexing_ocus=settings.cost_aoss_indexing_ocus,
+            images_per_s=settings.cost_images_per_s,
+        )
+
+    @classmethod
+    def from_env(cls) -> Prices:
+        """The prices alone: a bad price is an error, the rest of the configuration is not
+        read (an estimate needs no model or index settings)."""
+        read = Settings.read
+        return cls(
+            titan_image=read("price_titan_image"),
+            aoss_ocu_hour=read("price_aoss_ocu_hour"),
+            aoss_storage_gb_month=read("price_aoss_storage_gb_month"),
+            aoss_indexing_ocus=read("cost_aoss_indexing_ocus"),
+            images_per_s=read("cost_images_per_s"),
         )
 
 

@@ -78,12 +78,11 @@ def load_auth(env: Mapping[str, str] | None = None) -> Auth | None:
     A file keeps the password out of the process environment, which ``docker inspect`` and the
     ECS console show; in ECS it is better still to inject SEARCH_AUTH from Secrets Manager.
     """
-    env = os.environ if env is None else env
     creds: Auth = []
-    inline = env.get("SEARCH_AUTH", "").strip()
+    inline = Settings.read("auth", env)
     if inline:
         creds.append(_parse_credential(inline, "SEARCH_AUTH"))
-    path = env.get("SEARCH_AUTH_FILE", "").strip()
+    path = Settings.read("auth_file", env)
     if path:
         try:
             text = Path(path).expanduser().read_text(encoding="utf-8")
@@ -98,23 +97,14 @@ def load_auth(env: Mapping[str, str] | None = None) -> Auth | None:
     return creds or None
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def default_concurrency() -> int:
     """Concurrent runs per Gradio event. ONNX Runtime already spreads one inference over every
     core, so running more searches at once than there are cores only adds latency and memory;
     one per core (at least 1, at most 4) keeps a 1-vCPU Fargate task responsive while a second
     user waits in the queue instead of thrashing. ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` wins."""
-    raw = os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "").strip()
-    if raw:
-        try:
-            return max(1, int(raw))
-        except ValueError as exc:
-            raise ConfigError(
-                f"GRADIO_DEFAULT_CONCURRENCY_LIMIT must be an integer, got {raw!r}"
-            ) from exc
+    limit: int = Settings.read("concurrency_limit")
+    if limit:
+        return max(1, limit)
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -189,7 +179,7 @@ def create_app(
     settings = settings or Settings.from_env()
     auth = load_auth() if auth is None else auth
     if root_path is None:
-        root_path = os.environ.get("SEARCH_ROOT_PATH", "").strip().rstrip("/")
+        root_path = settings.root_path
     warm = _WarmUp()
 
     @contextlib.asynccontextmanager
@@ -261,19 +251,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Visual search web app")
     parser.add_argument(
         "--host",
-        default=os.environ.get("HOST", "").strip() or "127.0.0.1",
+        default=Settings.read("host"),
         help="interface to listen on (env HOST; the container sets 0.0.0.0)",
     )
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PORT", "").strip() or 7860),
+        default=Settings.read("port"),
         help="port (env PORT; 7860 locally, 8080 in the container)",
     )
     parser.add_argument(
         "--share",
         action=argparse.BooleanOptionalAction,
-        default=_env_flag("GRADIO_SHARE"),
+        default=Settings.read("share"),
         help="public *.gradio.live link (env GRADIO_SHARE; needs auth and internet; 72 h)",
     )
     return parser.parse_args(argv)
@@ -306,11 +296,13 @@ def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
 
 def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
     """Entry point of ``python app.py``; returns the process exit code."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    args = parse_args(argv)
+    try:
+        log_level = Settings.read("log_level") or "INFO"
+        args = parse_args(argv)
+    except SearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         auth = load_auth()
         if args.share:
@@ -326,7 +318,7 @@ def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
         app,
         host=args.host,
         port=args.port,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        log_level=log_level.lower(),
         # Behind the ALB the client address and scheme come from X-Forwarded-*; which peers
         # may set them is uvicorn's FORWARDED_ALLOW_IPS (the image sets "*": only the load
         # balancer can reach the task).

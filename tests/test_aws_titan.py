@@ -270,7 +270,8 @@ def test_retry_modes_by_service(monkeypatch: pytest.MonkeyPatch) -> None:
     from search_core.aws import clients
 
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
-    assert clients.retry_mode("bedrock-runtime") == "standard"
-    assert clients.retry_mode("rekognition") == "adaptive"
+    settings = Settings.from_env()
+    assert clients.retry_mode(settings, "bedrock-runtime") == "standard"
+    assert clients.retry_mode(settings, "rekognition") == "adaptive"
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
-    assert clients.retry_mode("bedrock-runtime") == "adaptive"
+    assert clients.retry_mode(Settings.from_env(), "bedrock-runtime") == "adaptive"

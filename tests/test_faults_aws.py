@@ -245,8 +245,7 @@ def test_rekognition_timeouts_and_5xx_are_retried_then_clear(
     adaptive backoff short; the default 8 behaves the same, slower.
 
     Not covered: Rekognition's real timeout behaviour and error texts."""
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
-    settings = Settings(aws_region="eu-west-1")
+    settings = Settings(aws_region="eu-west-1", aws_max_attempts=4, aws_retry_mode="standard")
     client = boto3.client("rekognition", region_name="eu-west-1",
                           config=clients.boto_config(settings, service="rekognition"))
     calls: list[str] = []
@@ -274,7 +273,7 @@ def test_rekognition_timeouts_and_5xx_are_retried_then_clear(
     calls.clear()
     with pytest.raises(BackendError, match=r"no answer within 60 s from Rekognition.*retry"):
         detector.detect(Image.new("RGB", (200, 200)))
-    assert len(calls) == clients.max_attempts()
+    assert len(calls) == clients.max_attempts(settings) == 4
 
 
 @pytest.mark.parametrize(

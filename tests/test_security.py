@@ -108,9 +108,8 @@ def test_presigned_urls_and_keys_stay_out_of_logs_and_errors(
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.setenv(name, SECRETS[name])
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     caplog.set_level(logging.INFO)
-    source = s3.S3Source("s3://example-bucket/photos/", Settings())
+    source = s3.S3Source("s3://example-bucket/photos/", Settings(aws_max_attempts=1))
     url = source.presigned_url("s3://example-bucket/photos/a.jpg", expires=60)
     assert "X-Amz-Signature=" in url  # the secret part we must never log
     with pytest.raises(SourceError) as failed:

@@ -1,4 +1,4 @@
-"""Prints the README's configuration table from search_core.config.SETTINGS_DOC.
+"""Prints the README's configuration table from the settings declared in search_core/config.py.
 
 `tests/test_docs.py` fails when README.md and the code disagree; fix with
 `python tools/config_table.py --write`.
@@ -14,7 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search_core.config import SETTINGS_DOC
-from search_core.costs import PRICE_SETTINGS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
@@ -24,7 +23,7 @@ def render() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     rows += [
         f"| `{name}` | `{default}` | {meaning} |"
-        for name, default, meaning in [*SETTINGS_DOC, *PRICE_SETTINGS]
+        for name, default, meaning in SETTINGS_DOC
     ]
     return "\n".join(rows)
 

@@ -10,7 +10,6 @@ code, which is how the original sample ended up with expired tokens).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,9 +31,6 @@ from botocore.exceptions import (
 from search_core.config import Settings
 from search_core.errors import BackendError
 
-#: botocore's adaptive mode retries throttling with a client-side token bucket; 8 attempts ride
-#: out a burst of Bedrock throttling without hiding a real outage for minutes.
-DEFAULT_MAX_ATTEMPTS = 8
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
@@ -66,10 +62,11 @@ ACCESS_DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied", "Forbi
 _session_lock = threading.Lock()
 
 
-def max_attempts() -> int:
-    """``AWS_MAX_ATTEMPTS`` is the standard variable; an explicit Config would otherwise hide it."""
-    raw = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ATTEMPTS
+def max_attempts(settings: Settings) -> int:
+    """``AWS_MAX_ATTEMPTS`` is the standard variable; an explicit Config would otherwise hide it,
+    so it is a setting and passed on. Its default of 8 rides out a burst of Bedrock throttling
+    without hiding a real outage for minutes."""
+    return settings.aws_max_attempts
 
 
 #: Services whose bulk traffic is already paced by our own bounded concurrency. For them the
@@ -80,12 +77,11 @@ def max_attempts() -> int:
 PACED_SERVICES = frozenset({"bedrock-runtime"})
 
 
-def retry_mode(service: str = "") -> str:
+def retry_mode(settings: Settings, service: str = "") -> str:
     """``AWS_RETRY_MODE`` when set; otherwise ``standard`` for :data:`PACED_SERVICES` and
     ``adaptive`` (client-side rate limiting after throttling) for everything else."""
-    raw = os.environ.get("AWS_RETRY_MODE", "").strip().lower()
-    if raw in {"standard", "legacy", "adaptive"}:
-        return raw
+    if settings.aws_retry_mode:
+        return settings.aws_retry_mode
     return "standard" if service in PACED_SERVICES else "adaptive"
 
 
@@ -93,7 +89,10 @@ def boto_config(settings: Settings, *, pool: int | None = None, service: str = "
     """Retries, timeouts and pool size shared by every client."""
     return Config(
         region_name=settings.aws_region,
-        retries={"mode": retry_mode(service), "total_max_attempts": max_attempts()},
+        retries={
+            "mode": retry_mode(settings, service),
+            "total_max_attempts": max_attempts(settings),
+        },
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
         max_pool_connections=max(10, pool or settings.titan_max_concurrency + 2),
@@ -167,7 +166,7 @@ def translate_error(
             )
         if code in THROTTLING_CODES:
             return BackendError(
-                f"{what} is throttled in {region} even after {max_attempts()} attempts with "
+                f"{what} is throttled in {region} even after {max_attempts(settings)} attempts with "
                 f"adaptive backoff: lower TITAN_MAX_CONCURRENCY or ask for a higher quota."
             )
         if code == "ValidationException":
