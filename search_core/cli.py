@@ -22,7 +22,10 @@ from search_core.config import Settings
 from search_core.errors import SearchError
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the model code
+    from tqdm import tqdm
+
     from search_core.indexing import IndexReport
+    from search_core.pipeline import SearchPipeline
 
 EXIT_ERROR = 2
 
@@ -31,13 +34,13 @@ def _print_json(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, ensure_ascii=True, sort_keys=False))
 
 
-def _pipeline(settings: Settings | None = None):
+def _pipeline(settings: Settings | None = None) -> SearchPipeline:
     from search_core.factory import build_pipeline
 
     return build_pipeline(settings or Settings.from_env())
 
 
-def _progress_bar(settings: Settings, total_hint: int = 0):
+def _progress_bar(settings: Settings, total_hint: int = 0) -> tqdm[Any]:
     from tqdm import tqdm
 
     return tqdm(

@@ -118,23 +118,23 @@ def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(_path(p.strip()) for p in raw.split(",") if p.strip())
 
 
-def _int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("must be an integer") from None
+def _number(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return convert(raw)
+        except ValueError:
+            raise ValueError(f"must be {what}") from None
+
+    return parse
+
+
+_int: Callable[[str], int] = _number(int, "an integer")
+_float: Callable[[str], float] = _number(float, "a number")
 
 
 def _positive_int(raw: str) -> int:
     """At least 1: smaller values are taken as 1 (a batch or a pool of 0 means one)."""
     return max(1, _int(raw))
-
-
-def _float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("must be a number") from None
 
 
 def _price(raw: str) -> float:

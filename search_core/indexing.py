@@ -15,11 +15,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -37,6 +37,7 @@ from search_core.interfaces import (
 from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Files with these names that turn out not to be usable images are reported as failures (a
 # user expects them indexed); other non-images (notes, descriptions) are skipped quietly.
@@ -166,7 +167,18 @@ def label_from_uri(uri: str) -> str:
 
 def _first(output: Any) -> np.ndarray:
     """``forward`` may return (vectors, extra outputs); the vectors come first."""
-    return output[0] if isinstance(output, tuple) else output
+    return np.asarray(output[0] if isinstance(output, tuple) else output)
+
+
+def _every(values: Iterable[T | None]) -> list[T]:
+    """The model inputs of a batch: :meth:`Indexer._prepare` gives every embeddable item a
+    tensor (batch embedders) or an image (the others), so a None here is a bug."""
+    result: list[T] = []
+    for value in values:
+        if value is None:
+            raise TypeError("a batch item has no model input")
+        result.append(value)
+    return result
 
 
 class Indexer:
@@ -241,7 +253,7 @@ class Indexer:
 
     def _prepared_stream(
         self, source: ImageSource, entries: list[SourceEntry], pool: ThreadPoolExecutor
-    ) -> Iterator[_Prepared]:
+    ) -> Generator[_Prepared, None, None]:
         """Results in source order with a bounded number in flight (bounded memory)."""
         pending: deque[Future[_Prepared]] = deque()
         window = max(self.batch_size * 2, self.workers * 4)
@@ -262,9 +274,9 @@ class Indexer:
         """One vector or one error message per item of the batch."""
         try:
             if self._forward is not None:
-                vectors = self._forward(np.stack([item.tensor for item in batch]))
+                vectors = self._forward(np.stack(_every(item.tensor for item in batch)))
                 return list(vectors)
-            images = [item.image for item in batch]
+            images = _every(item.image for item in batch)
             if isinstance(self.embedder, PartialBatchEmbedder):
                 results = self.embedder.embed_images_partial(images)
                 return [r if isinstance(r, np.ndarray) else str(r) for r in results]

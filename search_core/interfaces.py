@@ -34,9 +34,15 @@ class Detector(Protocol):
 class Embedder(Protocol):
     """Turns images (and, where supported, text) into L2-normalised float32 vectors."""
 
-    model_id: str
-    dimension: int
-    supports_text: bool
+    # read-only: a class attribute or a property (CLIP learns its dimension from the model)
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def supports_text(self) -> bool: ...
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Shape (len(images), dimension), float32, each row of unit length."""

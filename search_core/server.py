@@ -214,7 +214,7 @@ def create_app(
     demo = build_demo()
     demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
     # Mounted last: a mount at "/" matches every path, so the routes above must come first.
-    return gr.mount_gradio_app(
+    mounted: FastAPI = gr.mount_gradio_app(
         app,
         demo,
         path="/",
@@ -224,6 +224,7 @@ def create_app(
         show_error=True,
         ssr_mode=False,  # SSR needs a Node server next to Python; the image has none
     )
+    return mounted
 
 
 # --------------------------------------------------------------------------- process entry

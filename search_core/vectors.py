@@ -16,4 +16,4 @@ EPSILON = 1e-12
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Unit-length float32 rows (along the last axis, so one vector or a batch)."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, EPSILON)).astype(np.float32)
+    return np.asarray(vectors / np.maximum(norms, EPSILON), dtype=np.float32)

@@ -166,8 +166,8 @@ def translate_error(
             )
         if code in THROTTLING_CODES:
             return BackendError(
-                f"{what} is throttled in {region} even after {max_attempts(settings)} attempts with "
-                f"adaptive backoff: lower TITAN_MAX_CONCURRENCY or ask for a higher quota."
+                f"{what} is throttled in {region} even after {max_attempts(settings)} attempts "
+                "with adaptive backoff: lower TITAN_MAX_CONCURRENCY or ask for a higher quota."
             )
         if code == "ValidationException":
             return BackendError(f"{what} rejected the request as invalid: {message}")

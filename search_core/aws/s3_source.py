@@ -145,9 +145,9 @@ class S3Source:
         """A time-limited HTTPS URL for showing ``uri`` in a browser (no credentials needed)."""
         key = self._key_of(uri)
         try:
-            return self.client.generate_presigned_url(
+            return str(self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires)
-            )
+            ))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "presign", key) from exc
 

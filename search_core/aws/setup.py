@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -322,7 +323,7 @@ def teardown(
                     f"data access policy {names['data']}", removed, log, settings)
     for kind in ("network", "encryption"):
         _delete_quietly(
-            lambda kind=kind: aoss.delete_security_policy(name=names[kind], type=kind),
+            functools.partial(aoss.delete_security_policy, name=names[kind], type=kind),
             f"{kind} policy {names[kind]}", removed, log, settings,
         )
     return removed
@@ -333,8 +334,9 @@ def teardown(
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``aws setup`` and ``aws teardown``; each sets ``func`` to a handler(args) -> int."""
-    aws = subparsers.add_parser("aws", help="Create or remove the AWS (OpenSearch Serverless) "
-                                            "resources")
+    aws: argparse.ArgumentParser = subparsers.add_parser(
+        "aws", help="Create or remove the AWS (OpenSearch Serverless) resources"
+    )
     sub = aws.add_subparsers(dest="aws_command", required=True)
     up = sub.add_parser("setup", help="Create policies, VECTORSEARCH collection and index "
                                       "(idempotent)")

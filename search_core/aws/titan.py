@@ -73,7 +73,9 @@ class TitanEmbedder:
         )
         return base64.b64encode(data).decode("ascii")
 
-    def request_body(self, image: Image.Image | None = None, text: str | None = None) -> dict:
+    def request_body(
+        self, image: Image.Image | None = None, text: str | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if image is not None:
             body["inputImage"] = self.image_payload(image)
@@ -93,7 +95,7 @@ class TitanEmbedder:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _invoke(self, body: dict) -> np.ndarray:
+    def _invoke(self, body: dict[str, Any]) -> np.ndarray:
         with aws_errors(
             service="Bedrock",
             action="InvokeModel",

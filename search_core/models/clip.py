@@ -27,6 +27,14 @@ def _tensor(output: Any) -> Any:
     return output
 
 
+def _projection_dim(config: Any, model_name: str) -> int:
+    """The joint embedding size; a config without one is not a CLIP checkpoint."""
+    dimension = config.projection_dim
+    if not dimension:
+        raise BackendError(f"{model_name!r} is not a CLIP model (its config has no projection_dim)")
+    return int(dimension)
+
+
 class ClipEmbedder:
     """:class:`~search_core.interfaces.Embedder` for any ``CLIPModel`` checkpoint."""
 
@@ -58,7 +66,7 @@ class ClipEmbedder:
                     f"cannot load CLIP model {self.model_name!r} (needs internet on first use, "
                     f"or a local folder): {exc}"
                 ) from exc
-            self._dimension = int(config.projection_dim)
+            self._dimension = _projection_dim(config, self.model_name)
         return self._dimension
 
     def load(self) -> None:
@@ -74,7 +82,8 @@ class ClipEmbedder:
                 torch.set_num_threads(self.threads)
             try:
                 processor = CLIPProcessor.from_pretrained(self.model_name)
-                model = CLIPModel.from_pretrained(self.model_name)
+                # Any: transformers types from_pretrained loosely (eval() is untyped there)
+                model: Any = CLIPModel.from_pretrained(self.model_name)
             except (OSError, ValueError) as exc:
                 raise BackendError(
                     f"cannot load CLIP model {self.model_name!r} (needs internet on first use, "
@@ -83,7 +92,7 @@ class ClipEmbedder:
             model.eval()
             self._processor = processor
             self._model = model
-            self._dimension = int(model.config.projection_dim)
+            self._dimension = _projection_dim(model.config, self.model_name)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch

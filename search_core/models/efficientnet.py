@@ -67,7 +67,7 @@ def preprocess(images: Sequence[Image.Image]) -> np.ndarray:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 class EfficientNetEmbedder(OnnxModel):
@@ -117,7 +117,7 @@ class EfficientNetEmbedder(OnnxModel):
             )
         if image is None:
             raise ImageError("a query image is needed")
-        return self.embed_images([image])[0]
+        return np.asarray(self.embed_images([image])[0])
 
     def keywords(
         self, logits: np.ndarray, top_k: int = 5, min_probability: float = 0.05

@@ -40,7 +40,7 @@ def decode_distances(reg: np.ndarray, stride: int) -> np.ndarray:
     logits = logits - logits.max(axis=2, keepdims=True)
     probabilities = np.exp(logits)
     probabilities /= probabilities.sum(axis=2, keepdims=True)
-    return (probabilities @ np.arange(BINS, dtype=np.float32)) * stride
+    return np.asarray(probabilities @ np.arange(BINS, dtype=np.float32)) * stride
 
 
 class NanoDetDetector(OnnxDetector):

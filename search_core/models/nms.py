@@ -19,13 +19,12 @@ def class_aware_nms(
     xywh = np.stack(
         [boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1
     )
-    keep = cv2.dnn.NMSBoxesBatched(
+    kept = cv2.dnn.NMSBoxesBatched(
         xywh.astype(np.float64).tolist(),
         scores.astype(np.float64).tolist(),
         class_ids.astype(np.int64).tolist(),
         0.0,
         iou,
     )
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    return keep[:max_out]
+    keep = np.asarray(kept, dtype=np.int64).reshape(-1)
+    return keep[np.argsort(-scores[keep], kind="stable")][:max_out]
