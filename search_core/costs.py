@@ -17,12 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from search_core.config import SETTINGS_DOC, Settings
-
-#: (environment variable, default, meaning) of the prices: shown in docs/scale-out.md
-PRICE_SETTINGS: list[tuple[str, str, str]] = [
-    row for row in SETTINGS_DOC if row[0].startswith(("SEARCH_PRICE_", "SEARCH_COST_"))
-]
+from search_core.config import Settings
 
 #: Titan answers one image in roughly 0.25 s, so each parallel call adds about 4 images/s.
 TITAN_IMAGES_PER_S_PER_CALL = 4.0

@@ -1,4 +1,5 @@
-"""Shared fixtures: the shared data sets beside the checkout, and isolated data directories."""
+"""Shared fixtures: the shared data sets beside the checkout, isolated data directories, and
+fake AWS credentials."""
 
 from __future__ import annotations
 
@@ -6,22 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_opensearch import FAKE_KEY, FAKE_SECRET
+from helpers import GROCERY, REPO, SCENES, SHARED_DATA, require
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-GROCERY = SHARED_DATA / "grocery"
-SCENES = SHARED_DATA / "scenes"
-
-
-def require(path: Path) -> Path:
-    """The path, or a skip naming what is missing (the shared data lives beside the checkout)."""
-    if not path.exists():
-        pytest.skip(f"shared test data not found: {path} (expected ../shared/data beside the repo)")
-    return path
 
 
 @pytest.fixture()
@@ -42,3 +33,20 @@ def grocery() -> Path:
 @pytest.fixture(scope="session")
 def scenes() -> Path:
     return require(SCENES)
+
+
+@pytest.fixture()
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and no profile, endpoint override or retry tuning from the machine, so
+    that no test can reach a real AWS account and every client is signed the same way (the
+    fake OpenSearch verifies SigV4 with these keys). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("fake_aws")``."""
+    from search_core.aws import clients
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS",
+                 "AWS_RETRY_MODE", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    clients._session_for.cache_clear()  # a cached session would keep the previous credentials

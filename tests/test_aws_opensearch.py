@@ -16,7 +16,7 @@ import uuid
 
 import numpy as np
 import pytest
-from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch, faiss_ip_score
+from fake_opensearch import FAKE_KEY, FakeOpenSearch, faiss_ip_score
 from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection
 from opensearchpy.exceptions import RequestError
 
@@ -32,15 +32,7 @@ from search_core.config import Settings
 from search_core.errors import BackendError, ConfigError
 from search_core.types import ItemMeta
 
-
-@pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    clients._session_for.cache_clear()
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 @pytest.fixture

@@ -9,42 +9,24 @@ InvalidImageFormatException for exotic encodings).
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.stub import Stubber
+from helpers import SCENES, Capture
 from PIL import Image
 
-from search_core.aws import clients
 from search_core.aws.rekognition import RekognitionDetector, parse_labels
 from search_core.config import Settings
 from search_core.errors import BackendError
 from search_core.images import load_image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SCENES = DATA / "scenes"
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 @pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKEFAKE0001")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+def _region(fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    clients._session_for.cache_clear()
-
-
-class Capture:
-    """Matches anything in Stubber's expected_params and keeps the value for assertions."""
-
-    def __init__(self) -> None:
-        self.value: object = None
-
-    def __eq__(self, other: object) -> bool:
-        self.value = other
-        return True
 
 
 SETTINGS = Settings(aws_region="eu-west-1", rekognition_max_labels=20,

@@ -9,33 +9,24 @@ opens in a browser.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import numpy as np
 import pytest
+from helpers import SCENES
 from moto import mock_aws
 
-from search_core.aws import clients
 from search_core.aws.s3_source import S3Source, is_candidate_key, parse_s3_uri
 from search_core.config import Settings
 from search_core.errors import SourceError
 from search_core.types import SourceEntry
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BUCKET = "catalogue-images"
 SETTINGS = Settings(aws_region="us-east-1")
 
 
-@pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKEFAKE0001")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    clients._session_for.cache_clear()
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_lists_past_1000_keys_and_skips_non_images(s3) -> None:
 
 
 def test_read_streams_the_exact_bytes(s3) -> None:
-    path = DATA / "scenes" / "darknet_dog.jpg"
+    path = SCENES / "darknet_dog.jpg"
     if not path.exists():
         pytest.skip(f"shared data missing: {path}")
     data = path.read_bytes()

@@ -27,7 +27,6 @@ from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
 from moto import mock_aws
 from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection
 
-from search_core.aws import clients
 from search_core.aws import setup as aws_setup
 from search_core.config import Settings
 from search_core.errors import ConfigError
@@ -36,14 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = Settings(aws_region="us-east-1", titan_embedding_length=1024)
 
 
-@pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    clients._session_for.cache_clear()
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 class AccessPolicies:

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import threading
-from pathlib import Path
 
 import boto3
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
+from helpers import SCENES, SHARED_DATA, Capture
 from PIL import Image
 
 from search_core.aws import clients
@@ -29,26 +29,10 @@ from search_core.config import Settings
 from search_core.errors import BackendError, SearchError
 from search_core.images import load_image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODEL = "amazon.titan-embed-image-v1"
 
 
-@pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFAKEFAKEFAKE0001")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
-    clients._session_for.cache_clear()
-
-
-class Capture:
-    def __init__(self) -> None:
-        self.value: object = None
-
-    def __eq__(self, other: object) -> bool:
-        self.value = other
-        return True
+pytestmark = pytest.mark.usefixtures("fake_aws")
 
 
 def _settings(length: int = 1024, concurrency: int = 4) -> Settings:
@@ -62,9 +46,9 @@ def _response(vector: list[float]) -> dict:
 
 
 def _scenes(n: int) -> list[Image.Image]:
-    paths = sorted((DATA / "scenes").glob("*.jpg"))[:n]
+    paths = sorted((SCENES).glob("*.jpg"))[:n]
     if len(paths) < n:
-        pytest.skip(f"shared data missing: {DATA / 'scenes'}")
+        pytest.skip(f"shared data missing: {SHARED_DATA / 'scenes'}")
     return [load_image(p.read_bytes()) for p in paths]
 
 
@@ -267,7 +251,6 @@ def test_one_failure_does_not_lose_the_others() -> None:
 def test_retry_modes_by_service(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulk Bedrock calls back off without adaptive's rate limiter (our bounded concurrency
     paces them); everything else uses adaptive mode; AWS_RETRY_MODE overrides both."""
-    from search_core.aws import clients
 
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     settings = Settings.from_env()

@@ -30,6 +30,7 @@ from bad_inputs import (
     non_utf8_name,
     write_corpus,
 )
+from helpers import GROCERY, REPO
 from PIL import Image
 
 from search_core.crop import crop
@@ -37,10 +38,8 @@ from search_core.errors import ImageError
 from search_core.images import load_image
 from search_core.types import Box
 
-REPO = Path(__file__).resolve().parents[1]
-GROCERY = REPO.parent / "shared" / "data" / "grocery"
 sys.path.insert(0, str(REPO / "bench"))
-from load import AppServer, default_detector, json_output, wait_job  # noqa: E402
+from load import AppServer, default_detector, json_output, wait_job
 
 GOOD_PHOTOS = 3  # real grocery photos beside the bad files: the "rest of the batch"
 LINK_FAILURES = {"outside.jpg": "outside the allowed folders", "dangling.jpg": "broken link"}

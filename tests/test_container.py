@@ -15,13 +15,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from helpers import REPO
+from helpers import SHARED_DATA as DATA
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 QUERY = DATA / "grocery" / "train" / "Vegetables" / "Asparagus" / "Asparagus_002.jpg"
 IMAGE = os.environ.get("IMAGE", "localhost/visual-search:test")
 PODMAN = ["podman", "--runtime", "runc"]

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GROCERY, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-APPLES = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Apple"
+APPLES = GROCERY / "train" / "Fruit" / "Apple"
 KILL_AT = (0.25, 0.6)  # fractions of the corpus after which the running CLI is killed
 DEADLINE_S = 300.0
 

@@ -34,6 +34,7 @@ from aws_standins import Fault, ScriptedBedrock
 from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
+from helpers import GROCERY, REPO
 from PIL import Image
 
 from search_core.aws import clients
@@ -45,30 +46,25 @@ from search_core.errors import BackendError
 from search_core.indexing import Indexer, IndexReport
 from search_core.sources import FolderSource
 
-REPO = Path(__file__).resolve().parents[1]
-GROCERY = REPO.parent / "shared" / "data" / "grocery" / "train"
+TRAIN = GROCERY / "train"
 INDEX = "visual-search"
 DIM = 256
 BATCH = 8
 
 
+pytestmark = pytest.mark.usefixtures("fake_aws")
+
+
 @pytest.fixture(autouse=True)
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS",
-                 "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+def _retry_mode(fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_RETRY_MODE", "standard")  # what Bedrock uses by default
-    clients._session_for.cache_clear()
 
 
 def _photos(n: int) -> list[Path]:
     """``n`` grocery photos with distinct content, spread over the classes."""
-    if not GROCERY.is_dir():
-        pytest.skip(f"shared test data not found: {GROCERY}")
-    files = sorted(p for p in GROCERY.rglob("*.jpg") if p.is_file())
+    if not TRAIN.is_dir():
+        pytest.skip(f"shared test data not found: {TRAIN}")
+    files = sorted(p for p in TRAIN.rglob("*.jpg") if p.is_file())
     step = max(1, len(files) // (3 * n))
     chosen: dict[str, Path] = {}
     for path in files[::step]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import GROCERY, REPO
 
 from search_core.config import Settings
 from search_core.indexing import Indexer
@@ -25,8 +26,7 @@ from search_core.pipeline import SearchPipeline
 from search_core.sources import FolderSource
 from search_core.types import SourceEntry
 
-REPO = Path(__file__).resolve().parents[1]
-FRUIT = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit"
+FRUIT = GROCERY / "train" / "Fruit"
 APPLES = FRUIT / "Apple"
 DISK_FULL = "database or disk is full"
 

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import GROCERY, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-GROCERY = REPO.parent / "shared" / "data" / "grocery"
 sys.path.insert(0, str(REPO / "bench"))
-from load import (  # noqa: E402
+from load import (
     AppServer,
     image_files,
     json_output,

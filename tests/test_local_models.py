@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GROCERY, SCENES
 from PIL import Image
 
 from search_core.config import MODELS_DIR, Settings
@@ -19,10 +20,6 @@ from search_core.models.efficientnet import EfficientNetEmbedder, preprocess
 from search_core.models.nanodet import NanoDetDetector
 from search_core.models.objectron_ssd import ObjectronSsdDetector, anchors
 from search_core.types import Box, Detection
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SCENES = DATA / "scenes"
-GROCERY = DATA / "grocery"
 
 needs_data = pytest.mark.skipif(
     not SCENES.is_dir(), reason=f"shared test images not found at {SCENES}"

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import GROCERY, REPO
 
 from search_core.config import Settings
 from search_core.errors import SourceError
 from search_core.sources import FolderSource, check_under_roots, open_source
 
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Banana"
+PHOTOS = GROCERY / "train" / "Fruit" / "Banana"
 sys.path.insert(0, str(REPO / "bench"))
 from load import AppServer, default_detector, json_output  # noqa: E402
 

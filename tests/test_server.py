@@ -15,15 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import GROCERY, REPO
 
 from search_core.errors import ConfigError
 from search_core.server import SHARE_NEEDS_AUTH, load_auth
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 # Byte-identical to samples/catalogue/Asparagus/Asparagus_002.jpg, which the app indexes on
 # its first start: the top hit must be that very file with cosine similarity ~1.
-QUERY = DATA / "grocery" / "train" / "Vegetables" / "Asparagus" / "Asparagus_002.jpg"
+QUERY = GROCERY / "train" / "Vegetables" / "Asparagus" / "Asparagus_002.jpg"
 START_DEADLINE_S = 180.0  # a generous bound on waiting, never asserted as a duration
 
 # Variables that would change the server's mode if they leaked in from the developer's shell.

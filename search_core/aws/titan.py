@@ -31,6 +31,7 @@ from search_core.aws.clients import client as make_client
 from search_core.config import Settings
 from search_core.errors import BackendError, SearchError
 from search_core.images import encode_image
+from search_core.vectors import l2_normalise
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_SIDE = 2048
@@ -125,7 +126,7 @@ class TitanEmbedder:
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0.0:
             raise BackendError(f"Bedrock {self.model_id} returned a zero or invalid vector")
-        return vector / norm
+        return l2_normalise(vector)
 
     def _embed_one(self, image: Image.Image) -> np.ndarray:
         return self._invoke(self.request_body(image=image))
