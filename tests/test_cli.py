@@ -115,6 +115,26 @@ def test_errors_are_one_clear_line(
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LOG_LEVEL", "loud", "LOG_LEVEL must be DEBUG, INFO"),
+        ("SEARCH_DEBUG", "maybe", "SEARCH_DEBUG must be true or false"),
+        ("SEARCH_BATCH_SIZE", "many", "SEARCH_BATCH_SIZE must be an integer, got 'many'"),
+        ("SEARCH_EMBEDDER", "resnet", "SEARCH_EMBEDDER='resnet' is not one of clip, efficientnet"),
+    ],
+)
+def test_bad_setting_is_one_clear_line(
+    cli_env: dict[str, str], variable: str, value: str, message: str
+) -> None:
+    """Every setting is parsed by its declaration in config.py, including the ones the CLI reads
+    before the configuration as a whole (log level, debug)."""
+    result = run_cli("stats", env={**cli_env, variable: value})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
 def test_sigterm_stops_index_at_a_batch_boundary_and_rerun_completes(
     cli_env: dict[str, str], grocery: Path, tmp_path: Path
 ) -> None:

@@ -216,6 +216,21 @@ def test_share_without_auth_is_refused(tmp_path: Path, how: tuple[str, ...]) -> 
     assert "72 hours" in app.log()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [("PORT", "eighty", "PORT must be an integer, got 'eighty'"),
+     ("LOG_LEVEL", "loud", "LOG_LEVEL must be DEBUG, INFO")],
+)
+def test_bad_serving_setting_is_one_line_and_exit_2(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    """Read through config.py like every other setting: a clear line, not a traceback."""
+    app = AppProcess(tmp_path, **{variable: value}).start()
+    assert app.proc is not None
+    assert app.proc.wait(timeout=120) == 2
+    assert f"error: {message}" in app.log() and "Traceback" not in app.log()
+
+
 def test_auth_required_when_configured(tmp_path: Path) -> None:
     from gradio_client import Client
 
