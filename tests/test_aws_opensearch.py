@@ -203,13 +203,17 @@ def test_session_token_is_signed(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not fake.auth_failures
 
 
-def test_self_hosted_uses_sha_ids_and_is_idempotent() -> None:
+def test_self_hosted_uses_name_ids_and_is_idempotent() -> None:
+    from search_core.aws.opensearch_index import _name_key
+
     with FakeOpenSearch(strict=False, service=None) as fake:
         index = OpenSearchIndex(_settings(fake.url, auth="none"), dimension=8)
         assert not index.serverless
         vectors, items = _data(10)
         assert index.add(vectors, items) == 10
-        assert '"_id":"' + items[0].sha256 in "\n".join(fake.bodies("_bulk"))
+        assert '"_id":"' + _name_key(items[0].uri) in "\n".join(fake.bodies("_bulk"))
+        again = OpenSearchIndex(_settings(fake.url, auth="none"), dimension=8)
+        assert again.add(vectors, items) == 0 and len(fake.all_docs("visual-search")) == 10
         assert index.stats()["eventual_consistency_note"] == ""
 
 
