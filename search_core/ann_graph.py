@@ -137,6 +137,18 @@ class AnnGraph:
                 tmp.unlink()
             raise
 
+    @staticmethod
+    def saved_meta(path: Path) -> dict[str, Any] | None:
+        """The saved graph's key and extent, reading only that small member of the file."""
+        try:
+            with np.load(path) as data:
+                meta: dict[str, Any] = json.loads(str(data["meta"]))
+                return meta
+        except (OSError, ValueError, KeyError) as exc:
+            if path.exists():
+                log.warning("ignoring the saved HNSW graph %s: %s", path, exc)
+            return None
+
     @classmethod
     def load(cls, path: Path, key: dict[str, Any], rows: np.ndarray) -> AnnGraph | None:
         """The saved graph if it still describes a prefix of ``rows``; None otherwise."""

@@ -278,9 +278,10 @@ class LocalIndex:
             state["appended_only"] = False
             return "same"
         if old is not None:
-            # a new row (not an update in place): the graph maps positions to vectors
+            # A new row (not an update in place): the graph maps positions to vectors. The
+            # old content stays until finalize(): in a swap, the other file is about to take
+            # it (dropping it now would mean embedding it again a moment later).
             conn.execute("DELETE FROM names WHERE row = ?", (old[0],))
-            LocalIndex._drop_orphans(conn, [old[1]])
             conn.execute(_BUMP_GENERATION)
             state["appended_only"] = False
         conn.execute(
@@ -479,11 +480,43 @@ class LocalIndex:
             ]
 
     def finalize(self) -> None:
-        """End of an indexing run: builds (or loads and extends) and saves the HNSW graph when
-        the index is large enough for it, so the app's first search after a restart or an
-        ingest does not pay for the build. Raises BackendError (temp file removed) when the
-        graph cannot be saved; a rerun builds it again."""
+        """End of an indexing run: drops contents no name refers to any more (names moved to
+        other content during the run), then builds (or loads and extends) and saves the HNSW
+        graph when the index is large enough for it, so the app's first search after a
+        restart or an ingest does not pay for the build. Raises BackendError (temp file
+        removed) when the graph cannot be saved; a rerun builds it again."""
+
+        def drop_orphans(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
+            return int(
+                conn.execute(
+                    "DELETE FROM contents WHERE NOT EXISTS "
+                    "(SELECT 1 FROM names WHERE names.sha256 = contents.sha256)"
+                ).rowcount
+            )
+
+        self._transaction(drop_orphans)  # names are untouched: the loaded matrix stays valid
+        if self._graph_up_to_date_on_disk():
+            return
         self.build_graph()
+
+    def _graph_up_to_date_on_disk(self) -> bool:
+        """True when the saved graph covers exactly the current rows (read from its small
+        metadata member only): a run that changed nothing does not load a large graph."""
+        with self._lock:
+            if self.count() <= self.hnsw_threshold:
+                return False
+            self._refresh()
+            if self._current_graph() is not None and self._graph_saved:
+                return True
+            rows, key = self._rows, self._graph_key()
+        meta = AnnGraph.saved_meta(self._graph_path)
+        return bool(
+            meta is not None
+            and len(rows)
+            and {"uuid": meta.get("uuid"), "generation": meta.get("generation")} == key
+            and int(meta.get("ntotal", -1)) == len(rows)
+            and int(meta.get("last_row", -1)) == int(rows[-1])
+        )
 
     # -- approximate search --------------------------------------------------------------------
 
