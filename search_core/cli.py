@@ -244,7 +244,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise SearchError("reset removes every item: add --yes to confirm in a script")
         where = pipeline.stats().get("index") or pipeline.settings.data_dir
-        answer = input(f"remove all {before} item(s) from {where}? [y/N] ")
+        # the question goes to stderr: stdout stays the JSON contract
+        print(f"remove all {before} item(s) from {where}? [y/N] ", end="", file=sys.stderr,
+              flush=True)
+        answer = sys.stdin.readline()
         if answer.strip().lower() not in {"y", "yes"}:
             print("nothing removed", file=sys.stderr)
             _print_json({"removed": 0, "count": before})
