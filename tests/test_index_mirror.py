@@ -233,3 +233,48 @@ def test_names_and_contents_in_the_local_index(tmp_path: Path) -> None:
     matrix, items = index.vectors()
     assert matrix.shape == (1, 4) and [i.uri for i in items] == ["/b"]
     assert np.allclose(matrix[0], eye[2])
+
+
+def test_prune_scope_is_a_path_boundary_for_folders_and_a_prefix_on_s3() -> None:
+    from search_core.indexing import in_scope
+
+    assert in_scope("/c8/sub/a.jpg", "/c8") and in_scope("/c8/a.jpg", "/c8/")
+    assert not in_scope("/c80/a.jpg", "/c8") and not in_scope("/c8", "/c8/sub")
+    assert in_scope("s3://b/photos/2024/a.jpg", "s3://b/photos/")
+    assert in_scope("s3://b/photos-old/a.jpg", "s3://b/photos")  # S3 lists it under "photos"
+    assert not in_scope("s3://other/photos/a.jpg", "s3://b/photos")
+    assert in_scope("file:///c8/%FF.jpg", "/c8")  # a non-UTF-8 name under the folder
+
+
+def test_stages_plan_and_triage_alone(tmp_path: Path) -> None:
+    """The plan stage keeps only files whose version moved; triage sorts prepared files into
+    the batch (embed a new content, link a copy, refresh a touched file)."""
+    from search_core.indexing import Batch, Plan, Prepared, plan_run, triage
+    from search_core.local_index import LocalIndex
+    from search_core.sources import FolderSource
+    from search_core.types import ItemMeta
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"a")
+    (folder / "b.jpg").write_bytes(b"b")
+    source = FolderSource(folder)
+    entries = {Path(e.uri).name: e for e in source.list()}
+    index = LocalIndex(tmp_path / "data", dimension=4, model_id="m")
+    stored = ItemMeta(str(folder / "a.jpg"), "sa", extra={"version": entries["a.jpg"].version})
+    index.add(np.eye(4, dtype=np.float32)[:1], [stored])
+    plan = plan_run(source, index)
+    assert plan.unchanged == 1 and [Path(e.uri).name for e in plan.todo] == ["b.jpg"]
+    os.utime(folder / "a.jpg", ns=(1, 1))  # touched: read again
+    assert len(plan_run(source, index).todo) == 2
+
+    batch, seen = Batch(), set()
+    plan = Plan(entries=[], todo=[], existing={stored.uri: stored}, known={"sa"}, unchanged=0)
+    touched = Prepared(entries["a.jpg"], meta=ItemMeta(stored.uri, "sa"))
+    copy = Prepared(entries["b.jpg"], meta=ItemMeta(str(folder / "b.jpg"), "sa"))
+    new = Prepared(entries["b.jpg"], meta=ItemMeta(str(folder / "c.jpg"), "sc"))
+    broken = Prepared(entries["a.jpg"], error="not an image: a PDF document")
+    assert [triage(p, plan, seen, batch) for p in (touched, copy, new, broken)] == [
+        "", "", "", "failed"]
+    assert [counter for _, counter in batch.link] == ["unchanged", "duplicates"]
+    assert batch.embed == [new] and batch.stale == [stored.uri]
