@@ -120,6 +120,7 @@ class AnnGraph:
         import faiss
 
         meta = json.dumps({**self.key, "last_row": self.last_row, "ntotal": self.ntotal})
+        _remove_orphaned_temps(path)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(tmp, "wb") as handle:
@@ -175,6 +176,19 @@ class AnnGraph:
         if index.ntotal != ntotal:
             return None
         return cls(index, projection, key, int(meta["last_row"]))
+
+
+def _remove_orphaned_temps(path: Path) -> None:
+    """Temp files of writers that died mid-save (kill -9): their process is gone."""
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 1 :].split(".")[0])
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except (ValueError, PermissionError, OSError):
+            continue  # not ours to judge (another user's process, an odd name)
 
 
 def exact_top_k(
