@@ -168,7 +168,7 @@ def _first(output: Any) -> np.ndarray:
 # them and keeps the report.
 
 
-@dataclass
+@dataclass(eq=False)
 class Prepared:
     """One listed file after the read/prepare stage: its metadata (with the content hash) and
     the model input, or why it cannot be indexed."""
@@ -377,7 +377,8 @@ class Committer:
         sent to the model failed."""
         stored = self.index.known_hashes(p.meta.sha256 for p in batch.embed if p.meta)
         fresh = [p for p in batch.embed if p.meta and p.meta.sha256 not in stored]
-        links = batch.link + [(p, "by_other_run") for p in batch.embed if p not in fresh]
+        taken = {id(p) for p in fresh}  # identity: Prepared holds arrays, no == on them
+        links = batch.link + [(p, "by_other_run") for p in batch.embed if id(p) not in taken]
         ok = self._store(fresh, plan, report) or not fresh
         missing = {
             item.uri for item in self.index.link([p.meta for p, _ in links if p.meta])

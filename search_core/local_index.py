@@ -172,6 +172,9 @@ class LocalIndex:
                 "INSERT INTO names(row, uri, sha256, meta) SELECT row, uri, sha256, meta "
                 "FROM items ORDER BY row DESC ON CONFLICT(uri) DO NOTHING"
             )
+            kept = conn.execute("SELECT COUNT(*) FROM names").fetchone()[0]
+            if kept != conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
+                conn.execute(_BUMP_GENERATION)  # rows went: a saved graph no longer fits
             conn.execute("DROP TABLE items")
         conn.execute(_ITEMS_VIEW.strip().rstrip(";"))
         defaults = {
