@@ -357,6 +357,16 @@ def triage(prepared: Prepared, plan: Plan, seen: set[str], batch: Batch) -> str:
     return ""
 
 
+def _usable(result: np.ndarray | str) -> np.ndarray | str:
+    """A zero or non-finite vector is that file's failure; the index would refuse the whole
+    batch (and stop the run) for it."""
+    if isinstance(result, np.ndarray):
+        norm = float(np.linalg.norm(result))
+        if norm == 0.0 or not np.isfinite(norm):
+            return "the model produced no usable vector for this image (zero or not finite)"
+    return result
+
+
 class Committer:
     """The commit stage: re-checks which new contents a concurrent run stored meanwhile (those
     are linked, not embedded), embeds the rest, writes contents then names, removes stale
@@ -400,7 +410,7 @@ class Committer:
     def _store(self, fresh: list[Prepared], plan: Plan, report: IndexReport) -> bool:
         if not fresh:
             return False
-        results = self.embed(fresh)
+        results = [_usable(r) for r in self.embed(fresh)]
         good = [(p, r) for p, r in zip(fresh, results, strict=True) if isinstance(r, np.ndarray)]
         for prepared, result in zip(fresh, results, strict=True):
             if not isinstance(result, np.ndarray):
