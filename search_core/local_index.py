@@ -315,15 +315,38 @@ class LocalIndex:
         if not len(items):
             return 0
 
+        latest = {item.uri: item for item in items}  # one name twice: the last one wins
+
         def work(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
-            added = 0
-            for vector, item in zip(matrix, items, strict=True):
-                added += conn.execute(
-                    "INSERT INTO contents(sha256, vector) VALUES (?, ?) "
-                    "ON CONFLICT(sha256) DO NOTHING",
-                    (item.sha256, vector.tobytes()),
-                ).rowcount
-                self._put_name(conn, item, state)
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO contents(sha256, vector) VALUES (?, ?) "
+                "ON CONFLICT(sha256) DO NOTHING",
+                [(item.sha256, row.tobytes()) for row, item in zip(matrix, items, strict=True)],
+            )
+            added = conn.total_changes - before
+            # names not stored yet in one statement (the common case: a fresh ingest); names
+            # that exist go through _put_name (same content: refresh; other content: move)
+            uris = list(latest)
+            stored: set[str] = set()
+            for start in range(0, len(uris), _CHUNK):
+                chunk = uris[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                stored.update(
+                    row[0]
+                    for row in conn.execute(f"SELECT uri FROM names WHERE uri IN ({marks})", chunk)
+                )
+            conn.executemany(
+                "INSERT INTO names(uri, sha256, meta) VALUES (?, ?, ?)",
+                [
+                    (item.uri, item.sha256, json.dumps(item.to_dict()))
+                    for item in latest.values()
+                    if item.uri not in stored
+                ],
+            )
+            for item in latest.values():
+                if item.uri in stored:
+                    self._put_name(conn, item, state)
             return added
 
         return int(self._transaction(work))

@@ -138,12 +138,13 @@ class _FailingConnection:
         self._inner = inner
         self.budget = budget
 
-    def execute(self, sql: str, *params: Any) -> Any:
+    def executemany(self, sql: str, params: Any) -> Any:
         if sql.startswith("INSERT INTO contents"):
-            if self.budget <= 0:
+            params = list(params)
+            if self.budget < len(params):
                 raise sqlite3.OperationalError(DISK_FULL)
-            self.budget -= 1
-        return self._inner.execute(sql, *params)
+            self.budget -= len(params)
+        return self._inner.executemany(sql, params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
