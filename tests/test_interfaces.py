@@ -23,24 +23,22 @@ from search_core.factory import (
     build_index,
 )
 from search_core.interfaces import (
-    BatchEmbedder,
     Detector,
     Embedder,
     EventuallyConsistent,
-    GraphIndex,
     Loadable,
     PartialBatchEmbedder,
     PrefersBatchSize,
+    PreprocessingEmbedder,
     VectorIndex,
 )
 
 CAPABILITIES = (
     Loadable,
-    BatchEmbedder,
+    PreprocessingEmbedder,
     PartialBatchEmbedder,
     PrefersBatchSize,
     EventuallyConsistent,
-    GraphIndex,
 )
 
 
@@ -52,7 +50,7 @@ def test_local_backends(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     embedder = build_embedder(settings)
     assert isinstance(embedder, Embedder)
-    assert _has(embedder) == {Loadable, BatchEmbedder}
+    assert _has(embedder) == {Loadable, PreprocessingEmbedder}
     assert not embedder.loaded  # lazy: nothing was loaded to answer isinstance
 
     detector = build_detector(settings)
@@ -62,7 +60,7 @@ def test_local_backends(tmp_path: Path) -> None:
 
     index = build_index(settings, embedder)
     assert isinstance(index, VectorIndex)
-    assert _has(index) == {GraphIndex}
+    assert _has(index) == set()
 
 
 def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +99,7 @@ def test_a_misspelt_hook_is_not_a_capability() -> None:
 
         def foward(self, batch: object) -> None: ...
 
-    assert not isinstance(Misspelt(), BatchEmbedder)
+    assert not isinstance(Misspelt(), PreprocessingEmbedder)
 
 
 def test_unknown_backend_names_raise(tmp_path: Path) -> None:
