@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GROCERY, machine, table  # noqa: E402
-from load import AppServer  # noqa: E402
+from _common import GROCERY, machine, table
+from load import AppServer
 
 USER, PASSWORD = "owner", "pw-Attack-Test-9"
 

@@ -29,7 +29,7 @@ class LoginLimiter:
     """
 
     def __init__(self, *, max_failures: int = 10, lockout_s: float = 300.0, slow_after: int = 3,
-                 delay_s: float = 0.5, max_delay_s: float = 4.0,
+                 delay_s: float = 0.25, max_delay_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self.max_failures = max(1, max_failures)
         self.lockout_s = lockout_s

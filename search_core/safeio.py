@@ -67,15 +67,18 @@ def read_regular(
     ``roots``: the opened file's real path must lie under one of them (checked on the open
     descriptor, so a folder swapped for a link after any earlier check is still caught).
     ``follow_links=False`` refuses a link as the last path part (``O_NOFOLLOW``).
-    Raises :class:`SourceError` (or :class:`TooLargeError`) with a message fit for users.
+    Raises :class:`SourceError` (or :class:`TooLargeError`) with a message fit for users, or
+    the ``OSError`` of the open (missing file, permissions) for the caller to word.
     """
     flags = _FLAGS | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     try:
         fd = os.open(path, flags)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ELOOP and not follow_links:
+    except ValueError:
+        raise SourceError("the path contains a NUL character") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
             raise SourceError("refused: the file is a symbolic link") from None
-        raise SourceError(f"the file cannot be opened: {describe_os_error(exc)}") from None
+        raise  # callers word it ("cannot read: No such file or directory")
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

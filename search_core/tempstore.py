@@ -52,32 +52,26 @@ class TempSweeper:
     """Keeps the files under ``folder`` at most ``max_bytes`` in total.
 
     ``protect()`` names files that must stay (Gradio's example copies). :meth:`sweep` is cheap
-    (one ``os.walk``) and throttled to once per ``min_interval_s``; :meth:`start` also runs it
-    every ``interval_s`` in a daemon thread.
+    (one ``os.walk`` of a folder the cap keeps small); the server runs it after every upload,
+    and :meth:`start` runs it every ``interval_s`` in a daemon thread.
     """
 
     def __init__(self, folder: Path, max_bytes: int, *,
-                 protect: Callable[[], Iterable[str]] = tuple, min_interval_s: float = 0.5,
-                 interval_s: float = 30.0) -> None:
+                 protect: Callable[[], Iterable[str]] = tuple, interval_s: float = 30.0) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         self.protect = protect
-        self.min_interval_s = min_interval_s
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._last = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sweep(self, force: bool = False) -> tuple[int, int]:
-        """Deletes least recently used files until the total fits; returns (files, bytes) left."""
-        now = time.monotonic()
-        if not force and now - self._last < self.min_interval_s:
-            return -1, -1
-        if not self._lock.acquire(blocking=force):
+    def sweep(self, wait: bool = False) -> tuple[int, int]:
+        """Deletes least recently used files until the total fits; returns (files, bytes) left,
+        or (-1, -1) when another sweep is running and ``wait`` is false."""
+        if not self._lock.acquire(blocking=wait):
             return -1, -1
         try:
-            self._last = now
             return self._sweep()
         finally:
             self._lock.release()
@@ -133,6 +127,6 @@ class TempSweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.sweep(force=True)
+                self.sweep(wait=True)
             except Exception:  # never let housekeeping kill the server
                 log.exception("temp sweep failed")

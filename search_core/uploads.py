@@ -98,7 +98,9 @@ def read_upload(path: str, max_bytes: int, folder: Path | None = None) -> bytes:
     checked = check_upload_path(path, folder)
     try:
         data = read_regular(checked, max_bytes, roots=(folder,), follow_links=False)
-    except SourceError as exc:
+    except FileNotFoundError:
+        raise UploadRefused(GONE) from None
+    except (SourceError, OSError) as exc:
         if "too large" in str(exc):
             raise ImageError(str(exc).replace("file is too large", "the upload is too large")) \
                 from None

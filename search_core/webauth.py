@@ -52,16 +52,17 @@ def _safe_name(user: str) -> str:
 class LoginGuard:
     """Checks ``user:password`` pairs with the limiter in front (constant-time compare).
 
-    Instances are async callables ``(username, password) -> bool``: Gradio's ``auth=`` accepts
-    that, so its login form goes through the same ledger. A locked client or user gets
-    HTTP 429 with ``Retry-After``; the password is never logged.
+    :meth:`login` is an async ``(username, password) -> bool``: Gradio's ``auth=`` accepts it,
+    so its login form goes through the same ledger. (Pass the bound method, not the instance:
+    Gradio awaits only what ``inspect.iscoroutinefunction`` recognises.) A locked client or
+    user gets HTTP 429 with ``Retry-After``; the password is never logged.
     """
 
     def __init__(self, credentials: list[tuple[str, str]], limiter: LoginLimiter) -> None:
         self.credentials: Mapping[str, str] = dict(credentials)
         self.limiter = limiter
 
-    async def __call__(self, username: str, password: str) -> bool:
+    async def login(self, username: str, password: str) -> bool:
         import asyncio
 
         client = _client.get()
@@ -137,7 +138,7 @@ class AuthWall:
             except (binascii.Error, UnicodeDecodeError):
                 return None
             try:
-                if await self.guard(name, password):
+                if await self.guard.login(name, password):
                     return name
             except HTTPException:
                 return None
