@@ -103,21 +103,40 @@ def tree_bytes(*folders: Path) -> tuple[int, int]:
     return files, size
 
 
-def copies_of(folders: list[Path], needles: list[bytes]) -> list[str]:
-    """Files in the temp folders whose first bytes match a secret file's (a leaked copy)."""
+def copies_of(folders: list[Path], secrets: list[bytes]) -> list[str]:
+    """Files in the temp folders holding exactly one of ``secrets`` (a copy of a named file);
+    links are not followed (a planted link is not a copy)."""
+    import hashlib
+
+    wanted = {(len(s), hashlib.sha256(s).hexdigest()) for s in secrets if s}
+    sizes = {size for size, _ in wanted}
     found = []
     for folder in folders:
         for directory, _dirs, names in os.walk(folder):
             for name in names:
                 path = os.path.join(directory, name)
                 try:
-                    with open(path, "rb") as handle:
-                        head = handle.read(256)
+                    info = os.lstat(path)
+                    if info.st_size not in sizes or os.path.islink(path):
+                        continue
+                    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
                 except OSError:
                     continue
-                if any(needle and head.startswith(needle) for needle in needles):
+                if (info.st_size, digest) in wanted:
                     found.append(path)
     return found
+
+
+def secret_contents(targets: dict[str, str]) -> list[bytes]:
+    """What a leaked copy would hold: the readable regular files among the targets."""
+    out = []
+    for path in targets.values():
+        try:
+            if os.path.isfile(path) and os.path.getsize(path) < 2**20:
+                out.append(Path(path).read_bytes())
+        except OSError:
+            pass
+    return out
 
 
 def make_targets(base: Path) -> dict[str, str]:
@@ -174,8 +193,7 @@ def main() -> int:
                 got = call(server.url, api, data, cookies, timeout=20)
                 rows.append([name, api, got.event, got.text[:90], f"{ping_s(server.url)}"])
                 print(" | ".join(rows[-1]), flush=True)
-        leaked = copies_of([gradio_tmp, Path(tempfile.gettempdir()) / "visual-search-images"],
-                           [b"root:", Path(targets["outside image"]).read_bytes()[:64]])
+        leaked = copies_of([gradio_tmp], secret_contents(targets))
         print(table(rows, ["attack", "api", "event", "answer", "ping s"]))
         print(f"copies of named files in temp folders: {len(leaked)}")
         statuses: dict[int, int] = {}

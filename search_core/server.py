@@ -301,19 +301,26 @@ def _kept_files(demo: gr.Blocks) -> set[str]:
 
 
 class SweepAfterUpload:
-    """ASGI middleware: after an upload request, enforce the temp-folder cap (throttled, in a
-    worker thread), so a burst of uploads never outgrows it between two periodic sweeps."""
+    """ASGI middleware: an upload's answer is sent only after the temp-folder cap is enforced
+    again (in a worker thread; a few ms for a capped folder), so a burst of uploads never
+    outgrows it between two periodic sweeps."""
 
     def __init__(self, app: Any, *, sweeper: TempSweeper) -> None:
         self.app = app
         self.sweeper = sweeper
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-        if scope["type"] == "http" and scope.get("path", "").endswith("/upload"):
-            import anyio.to_thread
+        if scope["type"] != "http" or not scope.get("path", "").endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        import anyio.to_thread
 
-            await anyio.to_thread.run_sync(self.sweeper.sweep)
+        async def send_after_sweep(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await anyio.to_thread.run_sync(self.sweeper.sweep, True)
+            await send(message)
+
+        await self.app(scope, receive, send_after_sweep)
 
 
 # --------------------------------------------------------------------------- process entry

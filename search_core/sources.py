@@ -81,6 +81,8 @@ class FolderSource:
         self.max_bytes = max_bytes
         if "\x00" in str(folder):
             raise SourceError("not a usable folder path: the path contains a NUL character")
+        if any(len(os.fsencode(part)) > 255 for part in Path(folder).parts):
+            raise SourceError("not a usable folder path: the path or one of its names is too long")
         self.folder = check_under_roots(Path(folder), roots)
         try:
             if not self.folder.is_dir():
