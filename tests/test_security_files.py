@@ -4,14 +4,13 @@ kinds. The same attacks over real HTTP live in ``test_security_uploads.py``."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from search_core.config import Settings, decodes_for_memory
 from search_core.errors import SourceError
@@ -26,6 +25,9 @@ from search_core.types import SourceEntry
 from search_core.uploads import GONE, NOT_AN_UPLOAD, UploadRefused, check_upload_path, read_upload
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from memory import near_limit_images  # noqa: E402
+
 PHOTOS = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Banana"
 OUTSIDE = "outside the allowed folders"
 
@@ -196,30 +198,6 @@ def test_temp_sweeper_keeps_the_cap_and_protected_files(tmp_path: Path) -> None:
     assert size <= 50_000 and keep.exists()
     assert (tmp_path / "d19" / "upload.jpg").exists()  # the most recently used stay
     assert not (tmp_path / "d0" / "upload.jpg").exists()
-
-
-def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def near_limit_images(side: int) -> dict[str, bytes]:
-    """The memory-hungry kinds of the issue, ``side`` x ``side``: RGBA, 16-bit grey, float
-    TIFF, palette with transparency (smooth content, so they compress like photos)."""
-    ramp = np.linspace(0, 1, side, dtype=np.float32)
-    grey = np.add.outer(ramp, ramp) / 2
-    rgba = np.stack([grey * 255, grey[::-1] * 255, grey.T * 255,
-                     np.where(grey > 0.3, 255, 0)], axis=-1).astype(np.uint8)
-    rgba_image = Image.fromarray(rgba, "RGBA")
-    palette = rgba_image.convert("RGB").quantize(64)
-    return {
-        "rgba.png": _encoded(rgba_image, "PNG", compress_level=1),
-        "grey16.png": _encoded(Image.fromarray((grey * 65535).astype(np.uint16)), "PNG"),
-        "float.tif": _encoded(Image.fromarray(grey * 65535.0), "TIFF",
-                              compression="tiff_adobe_deflate"),
-        "palette-alpha.png": _encoded(palette, "PNG", transparency=0),
-    }
 
 
 def test_near_limit_kinds_decode_reduced_and_right(tmp_path: Path) -> None:

@@ -248,3 +248,45 @@ def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["indexed"] == 2
+
+
+def test_near_limit_images_four_at_once_come_back(tmp_path: Path) -> None:
+    """The memory-hungry kinds (RGBA, 16-bit grey, float TIFF, palette + transparency), four
+    searches at once against the real server: every one gets results. The peak RSS is printed
+    (goals and the 7000² figures: ``bench/memory.py``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from load import wait_job
+    from memory import near_limit_images
+
+    folder = tmp_path / "near-limit"
+    folder.mkdir()
+    paths = []
+    for name, data in near_limit_images(4200).items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    server = AppServer(tmp_path / "app", SEARCH_SAMPLE_CATALOGUE=str(REPO / "samples" /
+                                                                    "catalogue"))
+    server.start()
+    try:
+        first = Client(server.url, verbose=False)
+        wait_job(first)
+        first.close()
+
+        def search(path: Path) -> tuple[list[Any], str]:
+            client = Client(server.url, verbose=False)
+            try:
+                return client.predict(handle_file(str(path)), "whole", 5, "", 0, 0, 100, 100,
+                                      api_name="/search")
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(search, paths))
+        print(f"\nserver peak RSS with 4 near-limit (4200²) searches at once: "
+              f"{server.hwm_mb():.0f} MB; now {server.rss_mb():.0f} MB")
+    finally:
+        server.stop()
+    for path, (gallery, status) in zip(paths, results, strict=True):
+        assert len(gallery) == 5 and not status.startswith("⚠️"), (path.name, status)
