@@ -22,7 +22,7 @@ from search_core.factory import get_pipeline
 from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
 from search_core.sources import open_source
 from search_core.tempstore import jpeg_file
-from search_core.uploads import UploadRefused, check_upload_path, read_upload, upload_folder
+from search_core.uploads import check_upload_path, read_upload, save_data_url, upload_folder
 
 MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
@@ -47,14 +47,16 @@ class QueryImage(gr.Image):
     is_template = True  # rendered by the stock Image front-end component
 
     def preprocess(self, payload: Any) -> Any:
+        if payload is None:
+            return None
         path = getattr(payload, "path", None)
         url = getattr(payload, "url", None) or ""
-        if path and not url.startswith("data:"):
-            try:
-                return str(check_upload_path(str(path)))
-            except UploadRefused as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
-        return super().preprocess(payload)
+        try:
+            if url.startswith("data:"):  # bytes in the request: stored like an upload
+                return str(save_data_url(url, get_pipeline().settings.max_upload_bytes))
+            return str(check_upload_path(str(path or "")))
+        except SearchError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
 
 
 #: Result images, in Gradio's upload folder so that Gradio serves them without copying them and

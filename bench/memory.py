@@ -161,6 +161,8 @@ def main() -> int:
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout to measure")
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--temp-cap-mb", type=float, default=None,
+                        help="SEARCH_TEMP_MAX_MB for the server (default: the app's default)")
     parser.add_argument("--make-images", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_images:
@@ -170,6 +172,8 @@ def main() -> int:
     images = image_files(args.side)
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     env = base_env(work)
+    if args.temp_cap_mb is not None:
+        env["SEARCH_TEMP_MAX_MB"] = str(args.temp_cap_mb)
     small = next(iter(sorted((GROCERY / "val").rglob("*.jpg"))))
     print(f"repo {repo}; images {args.side}x{args.side}: "
           + ", ".join(f"{n} {p.stat().st_size / 2**20:.1f} MB" for n, p in images.items()))

@@ -74,10 +74,10 @@ def memory_limit_mb() -> int:
 
 
 def decodes_for_memory(limit_mb: int | None = None) -> int:
-    """Concurrent decodes that fit: ~800 MiB for the process and models, ~300 MiB per decode
-    of a 50 MP image (one full-size buffer plus the input bytes), between 1 and 4."""
+    """Concurrent decodes that fit: ~800 MiB for the process and models, ~350 MiB per search
+    of a 50 MP image (one full-size buffer, the input bytes and Gradio's copy), 1 to 4."""
     limit = memory_limit_mb() if limit_mb is None else limit_mb
-    return max(1, min(4, (limit - 800) // 300))
+    return max(1, min(4, (limit - 800) // 350))
 
 
 # (variable, default, meaning) -- the README table is rendered from this list.
@@ -112,7 +112,7 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     (
         "SEARCH_MAX_DECODES",
         "0 (from the memory limit)",
-        "Images decoded at once (each needs up to ~250 MB at 50 MP); 0 = from the cgroup/RAM limit, 1 to 4.",
+        "Images decoded at once (each up to ~350 MB at 50 MP); 0 = (memory limit - 800 MB) / 350 MB, 1 to 4.",
     ),
     (
         "SEARCH_TEMP_MAX_MB",

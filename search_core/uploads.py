@@ -111,6 +111,29 @@ def read_upload(path: str, max_bytes: int, folder: Path | None = None) -> bytes:
     return data
 
 
+def save_data_url(url: str, max_bytes: int, folder: Path | None = None) -> Path:
+    """A ``data:...;base64,`` image (bytes sent in this request) written into the upload folder,
+    so that it takes the same capped, confined path as any upload (never decoded here)."""
+    import base64
+    import binascii
+    import hashlib
+
+    from search_core.tempstore import write_once
+
+    header, _, encoded = url.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64"):
+        raise UploadRefused(NOT_AN_UPLOAD)
+    if len(encoded) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ImageError(f"the upload is too large; the limit is {max_bytes / 2**20:g} MB "
+                         "(SEARCH_MAX_UPLOAD_MB)")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("the image data is not valid base64") from None
+    folder = (folder or upload_folder()) / "data-urls"
+    return write_once(folder, f"{hashlib.sha256(data).hexdigest()[:40]}.bin", data)
+
+
 def file_paths(value: Any) -> list[str]:
     """Every ``path`` of a FileData-like object (a dict with a ``path`` key) inside JSON."""
     found: list[str] = []

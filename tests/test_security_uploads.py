@@ -209,6 +209,28 @@ def test_index_tab_errors_name_the_problem_not_the_server(app: Target) -> None:
     assert "Traceback" not in app.server.log()
 
 
+def test_login_page_works_behind_the_wall(app: Target) -> None:
+    """A real browser: the login form loads (nothing it needs is walled off), logging in
+    shows the app."""
+    if not app.auth:
+        pytest.skip("auth is off")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("chromium not installed")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path="/usr/bin/chromium")
+        try:
+            page = browser.new_page()
+            page.goto(app.url + "/")
+            page.wait_for_selector("input[type=password]", timeout=60_000)
+            page.fill("input[type=text]", USER)
+            page.fill("input[type=password]", PASSWORD)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#query-image", timeout=60_000)
+        finally:
+            browser.close()
+
+
 def test_login_brute_force_ends_in_429_and_the_owner_gets_back_in(app: Target) -> None:
     """Last in the module: it locks 127.0.0.1 out for SEARCH_LOGIN_LOCKOUT_S."""
     if not app.auth:
