@@ -182,7 +182,7 @@ class UploadPathGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body:
-                await _reply(send, 413, "request body too large")
+                await json_reply(send, 413, "request body too large")
                 return
         try:
             paths = file_paths(json.loads(body)) if body else []
@@ -196,7 +196,7 @@ class UploadPathGuard:
                 client = scope.get("client") or ("?", 0)
                 log.warning("refused file input %r from %s on %s: %s", path[:300], client[0],
                             scope.get("path"), exc)
-                await _reply(send, 400, str(exc))
+                await json_reply(send, 400, str(exc))
                 return
         sent = False
 
@@ -217,8 +217,10 @@ class UploadPathGuard:
         return any(path.startswith(prefix) for prefix in self.prefixes)
 
 
-async def _reply(send: Send, status: int, message: str, headers: dict[str, str] | None = None
-                 ) -> None:
+async def json_reply(send: Send, status: int, message: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """A JSON error answer from ASGI middleware: ``{"error": ..., "detail": ...}`` (Gradio's
+    and FastAPI's clients each read one of the two keys)."""
     body = json.dumps({"error": message, "detail": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

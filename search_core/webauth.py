@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from search_core.ratelimit import LoginLimiter
-from search_core.uploads import ASGIApp, Receive, Scope, Send, _reply
+from search_core.uploads import ASGIApp, Receive, Scope, Send, json_reply
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class AuthWall:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
-                await _reply(send, 401, "Not authenticated: log in first.",
+                await json_reply(send, 401, "Not authenticated: log in first.",
                              {"WWW-Authenticate": 'Basic realm="visual-search"'}
                              if scope.get("path", "").startswith("/api/") else None)
                 return
