@@ -22,7 +22,7 @@ from search_core.factory import get_pipeline
 from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
 from search_core.sources import open_source
 from search_core.tempstore import jpeg_file
-from search_core.uploads import check_upload_path, read_upload, save_data_url, upload_folder
+from search_core.uploads import check_upload_path, read_upload, upload_folder
 
 MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
@@ -49,12 +49,8 @@ class QueryImage(gr.Image):
     def preprocess(self, payload: Any) -> Any:
         if payload is None:
             return None
-        path = getattr(payload, "path", None)
-        url = getattr(payload, "url", None) or ""
         try:
-            if url.startswith("data:"):  # bytes in the request: stored like an upload
-                return str(save_data_url(url, get_pipeline().settings.max_upload_bytes))
-            return str(check_upload_path(str(path or "")))
+            return str(check_upload_path(str(getattr(payload, "path", None) or "")))
         except SearchError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 

@@ -286,7 +286,7 @@ def secure(app: FastAPI, demo: gr.Blocks, settings: Settings, guard: LoginGuard 
     gradio_app = next((route.app for route in app.routes
                        if isinstance(route, Mount) and route.path in ("", "/")), None)
     app.add_middleware(SweepAfterUpload, sweeper=sweeper)
-    app.add_middleware(UploadPathGuard, max_body=settings.max_upload_bytes * 2 + (1 << 20))
+    app.add_middleware(UploadPathGuard)
     app.add_middleware(AuthWall, guard=guard, session_user=gradio_session_user(gradio_app))
     log.info("decode budget %d at once; temp folder %s capped at %.0f MB", budget.size(),
              sweeper.folder, settings.temp_max_bytes / 2**20)

@@ -111,29 +111,6 @@ def read_upload(path: str, max_bytes: int, folder: Path | None = None) -> bytes:
     return data
 
 
-def save_data_url(url: str, max_bytes: int, folder: Path | None = None) -> Path:
-    """A ``data:...;base64,`` image (bytes sent in this request) written into the upload folder,
-    so that it takes the same capped, confined path as any upload (never decoded here)."""
-    import base64
-    import binascii
-    import hashlib
-
-    from search_core.tempstore import write_once
-
-    header, _, encoded = url.partition(",")
-    if not header.startswith("data:") or not header.endswith(";base64"):
-        raise UploadRefused(NOT_AN_UPLOAD)
-    if len(encoded) > (max_bytes + 2) // 3 * 4 + 4:
-        raise ImageError(f"the upload is too large; the limit is {max_bytes / 2**20:g} MB "
-                         "(SEARCH_MAX_UPLOAD_MB)")
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError("the image data is not valid base64") from None
-    folder = (folder or upload_folder()) / "data-urls"
-    return write_once(folder, f"{hashlib.sha256(data).hexdigest()[:40]}.bin", data)
-
-
 def file_paths(value: Any) -> list[str]:
     """Every ``path`` of a FileData-like object (a dict with a ``path`` key) inside JSON."""
     found: list[str] = []
@@ -156,11 +133,12 @@ class UploadPathGuard:
     folder is answered 400 with :data:`NOT_AN_UPLOAD` before Gradio sees it.
 
     ``prefixes``: the URL paths whose JSON bodies carry Gradio file objects. ``max_body``:
-    bigger JSON bodies are refused (413) instead of being buffered.
+    bigger JSON bodies are refused (413) instead of being buffered (images come as multipart
+    uploads; the JSON of an API call is a few KB).
     """
 
     def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...] = ("/gradio_api/",),
-                 max_body: int = 80 * 1024 * 1024) -> None:
+                 max_body: int = 1024 * 1024) -> None:
         self.app = app
         self.prefixes = prefixes
         self.max_body = max_body

@@ -125,6 +125,9 @@ def test_server_files_are_refused_over_http(app: Target) -> None:
                         {"path": "/etc/shadow"}):
             got = call(app.url, "analyze", [payload], app.cookies, timeout=30)
             assert got.text.startswith("400") and NOT_AN_UPLOAD in got.text, got
+        big = httpx.post(f"{app.url}/gradio_api/call/analyze", cookies=app.cookies, timeout=30,
+                         json={"data": [{"path": "x", "url": "data:," + "A" * 2**21}]})
+        assert big.status_code == 413  # JSON bodies are a few KB; images come as uploads
     assert not watch.failures and watch.count > 0, watch.failures
     assert copies_of([app.temp], secret_contents(app.targets)) == []
     log = app.server.log()
