@@ -290,6 +290,12 @@ def secure(app: FastAPI, demo: gr.Blocks, settings: Settings, guard: LoginGuard 
     app.add_middleware(AuthWall, guard=guard, session_user=gradio_session_user(gradio_app))
     log.info("decode budget %d at once; temp folder %s capped at %.0f MB", budget.size(),
              sweeper.folder, settings.temp_max_bytes / 2**20)
+    if settings.temp_max_bytes < 4 * settings.max_upload_bytes:
+        # the least recently used files go first, but uploads still waiting for their
+        # analysis count too: a cap below a few uploads makes users upload again
+        log.warning("SEARCH_TEMP_MAX_MB (%.0f) is below 4 x SEARCH_MAX_UPLOAD_MB (%.0f): "
+                    "concurrent uploads may be deleted before they are analysed",
+                    settings.temp_max_bytes / 2**20, settings.max_upload_bytes / 2**20)
 
 
 def _kept_files(demo: gr.Blocks) -> set[str]:
