@@ -214,7 +214,7 @@ def test_index_tab_errors_name_the_problem_not_the_server(app: Target) -> None:
 
 def test_login_page_works_behind_the_wall(app: Target) -> None:
     """A real browser: the login form loads (nothing it needs is walled off), logging in
-    shows the app."""
+    shows the app, and an example image is analysed."""
     if not app.auth:
         pytest.skip("auth is off")
     playwright = pytest.importorskip("playwright.sync_api")
@@ -230,6 +230,12 @@ def test_login_page_works_behind_the_wall(app: Target) -> None:
             page.fill("input[type=password]", PASSWORD)
             page.keyboard.press("Enter")
             page.wait_for_selector("#query-image", timeout=60_000)
+            # an example image is a file Gradio cached at start: it must pass the upload guard
+            page.locator(".gallery-item").first.click()
+            page.wait_for_function(
+                "() => /object\\(s\\) found|No objects detected|⚠️/.test("
+                "document.querySelector('#search-status')?.innerText ?? '')", timeout=90_000)
+            assert "⚠️" not in page.inner_text("#search-status")
         finally:
             browser.close()
 
