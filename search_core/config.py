@@ -177,6 +177,40 @@ def _retry_mode(raw: str) -> str:
     return raw.lower()
 
 
+def memory_limit_mb() -> int:
+    """The container's memory limit (cgroup v2/v1) or the machine's RAM, in MiB."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 50:
+            return int(raw) // 2**20
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2048
+
+
+def decodes_for_memory(limit_mb: int | None = None) -> int:
+    """Concurrent decodes that fit: ~800 MiB for the process and models, ~350 MiB per search
+    of a 50 MP image (one full-size buffer, the input bytes and Gradio's copy), 1 to 4."""
+    limit = memory_limit_mb() if limit_mb is None else limit_mb
+    return max(1, min(4, (limit - 800) // 350))
+
+
+def _decodes(raw: str) -> int:
+    """0 = as many as the memory limit allows."""
+    return _int(raw) or decodes_for_memory()
+
+
+def _non_negative_float(raw: str) -> float:
+    return max(0.0, _float(raw))
+
+
 def _default_folder_roots(earlier: Mapping[str, Any]) -> str:
     return f"{REPO_ROOT},{REPO_ROOT.parent / 'shared' / 'data'},{earlier['data_dir']}"
 
@@ -201,6 +235,10 @@ class Settings:
     max_pixels: int = setting("SEARCH_MAX_PIXELS", "50000000", "Decompression-bomb guard: images with more pixels are refused.", parse=_int)
     max_side: int = setting("SEARCH_MAX_SIDE", "2048", "Images are downscaled so their long side is at most this.", parse=_int)
     max_upload_bytes: int = setting("SEARCH_MAX_UPLOAD_MB", "50", "Uploads and source files larger than this are refused.", parse=_megabytes)
+    max_decodes: int = setting("SEARCH_MAX_DECODES", "0", "Images decoded at once (each up to ~350 MB at 50 MP); 0 = (memory limit - 800 MB) / 350 MB, 1 to 4.", parse=_decodes, shown="0 (from the memory limit)", value=1)
+    temp_max_bytes: int = setting("SEARCH_TEMP_MAX_MB", "500", "Size cap of the web app's temp folder (uploads, Gradio cache, result images); least recently used files are deleted first.", parse=_megabytes)
+    login_max_failures: int = setting("SEARCH_LOGIN_MAX_FAILURES", "10", "Failed logins per client or user before a lock-out (slowed down from the 4th).", parse=_positive_int)
+    login_lockout_s: float = setting("SEARCH_LOGIN_LOCKOUT_S", "300", "Seconds a locked client or user is refused (HTTP 429).", parse=_non_negative_float)
     folder_roots: tuple[Path, ...] = setting("SEARCH_FOLDER_ROOTS", _default_folder_roots, "Comma-separated roots that folder sources must lie under (no path traversal).", parse=_paths, shown="(repo, ../shared/data, SEARCH_DATA_DIR)", value=())
     hnsw_threshold: int = setting("SEARCH_HNSW_THRESHOLD", "20000", "Local index switches from exact NumPy search to FAISS HNSW above this many vectors.", parse=_int)
     sample_catalogue: Path | None = setting("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"), "Indexed in the background at app start when the index is empty (`off` disables).", parse=_optional_path, shown="./samples/catalogue")
@@ -227,6 +265,7 @@ class Settings:
     share: bool = setting("GRADIO_SHARE", "false", "Create a public share link (needs internet and auth; expires after 72 h).", parse=_bool)
     auth: str = setting("SEARCH_AUTH", "", "`user:password` for basic authentication of the web app.", secret=True)
     auth_file: str = setting("SEARCH_AUTH_FILE", "", "File holding `user:password` lines (alternative to SEARCH_AUTH).")
+    gradio_temp_dir: str = setting("GRADIO_TEMP_DIR", "", "Gradio's upload and cache folder (read by Gradio too); file inputs are only accepted from there.", shown="<system temp>/gradio")
     root_path: str = setting("SEARCH_ROOT_PATH", "", "Root path when served behind a proxy under a sub-path.", parse=_root_path)
     concurrency_limit: int = setting("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "0", "Searches run at once per event (0 = one per core, at most 4); more users wait in the queue.", parse=_int)
     log_level: str = setting("LOG_LEVEL", "", "Log level of the web app and the CLI (`DEBUG`, `INFO`, `WARNING`, ...).", parse=_log_level, shown="INFO (app), WARNING (CLI)")
