@@ -11,13 +11,15 @@ from search_core.errors import ConfigError
 
 
 def test_defaults_match_a_bare_settings() -> None:
-    """An empty environment gives what ``Settings()`` gives (paths resolved)."""
+    """An empty environment gives what ``Settings()`` gives (paths resolved; the decode budget
+    is sized from the memory limit, ``Settings()`` keeps 1)."""
     from_env = Settings.from_env({})
     bare = Settings()
     for name, _ in Settings.variables():
-        if name not in ("data_dir", "folder_roots"):
+        if name not in ("data_dir", "folder_roots", "max_decodes"):
             assert getattr(from_env, name) == getattr(bare, name), name
     assert from_env.data_dir == Path("./data").resolve()
+    assert 1 <= from_env.max_decodes <= 4
 
 
 def test_blank_is_unset_and_values_are_parsed(tmp_path: Path) -> None:

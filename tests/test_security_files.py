@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GROCERY, REPO
 
 from search_core.config import Settings, decodes_for_memory
 from search_core.errors import SourceError
@@ -24,11 +25,10 @@ from search_core.tempstore import TempSweeper
 from search_core.types import SourceEntry
 from search_core.uploads import GONE, NOT_AN_UPLOAD, UploadRefused, check_upload_path, read_upload
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from memory import near_limit_images  # noqa: E402
+from memory import near_limit_images
 
-PHOTOS = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Banana"
+PHOTOS = GROCERY / "train" / "Fruit" / "Banana"
 OUTSIDE = "outside the allowed folders"
 
 

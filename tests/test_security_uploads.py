@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import GROCERY, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from attacks import (  # noqa: E402
+from attacks import (
     PASSWORD,
     USER,
     call,
@@ -29,11 +29,10 @@ from attacks import (  # noqa: E402
     secret_contents,
     tree_bytes,
 )
-from load import AppServer, default_detector  # noqa: E402
+from load import AppServer, default_detector
 
-from search_core.uploads import NOT_AN_UPLOAD  # noqa: E402
+from search_core.uploads import NOT_AN_UPLOAD
 
-GROCERY = REPO.parent / "shared" / "data" / "grocery"
 TEMP_CAP_MB = 1
 
 
