@@ -382,6 +382,13 @@ class LocalIndex:
     def _graph_path(self) -> Path:
         return self.data_dir / "hnsw.npz"
 
+    def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]:
+        """A copy of every stored vector with its item, in one consistent snapshot (the
+        catalogue adaptation fits on these)."""
+        with self._lock:
+            self._refresh()
+            return self._matrix.copy(), list(self._items)
+
 
 class AnnGraph:
     """FAISS HNSW over a reduced projection of the vectors, re-ranked exactly.
