@@ -23,7 +23,7 @@ import gradio as gr
 from search_core.crop import box_from_pixels, draw_detections
 from search_core.errors import ImageError, SearchError
 from search_core.factory import get_pipeline
-from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
+from search_core.pipeline import WHOLE, AnalyzedImage
 from search_core.sources import open_source
 
 MANUAL = "manual"
@@ -119,11 +119,14 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), ""
     try:
         analyzed = _analyze(path)
+        assert analyzed is not None
+        # each object's best catalogue label in the dropdown, and the object (or whole image)
+        # that matches the catalogue best preselected
+        analyzed = get_pipeline().label_objects(analyzed)
+        preselected = get_pipeline().auto_object(analyzed)
     except SearchError as exc:
         gr.Warning(str(exc))
         return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), f"⚠️ {exc}"
-    assert analyzed is not None
-    preselected = auto_choice(analyzed.detections)
     value = WHOLE if preselected is None else str(preselected)
     found = len(analyzed.detections)
     status = (

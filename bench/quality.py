@@ -81,6 +81,8 @@ def evaluate(pipeline: SearchPipeline, queries: list[tuple[AnalyzedImage, str]],
     sizes = Counter(class_of(item.uri) for item in pipeline.index.items())
     hits_at = dict.fromkeys(KS, 0)
     ap_sum, seconds = 0.0, []
+    pipeline._views.clear()  # each configuration pays for its own embeddings
+    pipeline._auto.clear()
     for analyzed, wanted in queries:
         began = time.perf_counter()
         vector = pipeline.query_vector(analyzed, choose(pipeline, analyzed), None)
@@ -130,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     require_dir(GROCERY)
     os.environ.setdefault("SEARCH_SAMPLE_CATALOGUE", "off")
+    started = machine()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = (args.data_dir or Path(tmp)).resolve()
         catalogues = build_catalogues(root)
@@ -171,7 +174,7 @@ def main() -> None:
         tag = f"{r['catalogue']}_{r['config']}".replace(" ", "_").replace(":", "")
         for metric in ("R@1", "R@5", "R@10", "mAP@10", "ms_per_query"):
             payload[f"{tag}_{metric}"] = r[metric]
-    payload.update({"adaptation": learned, "costs": costs, "runs": rows, "machine": machine(),
+    payload.update({"adaptation": learned, "costs": costs, "runs": rows, "machine": started,
                     "load_1min_at_end": round(os.getloadavg()[0], 2)})
     emit(payload)
 

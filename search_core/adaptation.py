@@ -48,6 +48,12 @@ SHRINKAGE = 0.2
 MAX_DIMS = 128
 #: fewer labelled images than this: nothing worth learning
 MIN_ITEMS = 20
+#: fits (and validates) on an even sample of at most this many images
+MAX_FIT_ITEMS = 20_000
+#: at most this many held-out images are searched to validate
+MAX_VALIDATION_QUERIES = 2000
+#: above this many images the adaptation stays off (its projected copy lives in memory)
+MAX_ITEMS = 200_000
 #: the held-out Recall@1 must improve by at least this much for the projection to be used
 MIN_GAIN = 0.01
 #: share of each label's images held out for validation (a contiguous run in URI order, since
@@ -172,7 +178,7 @@ def held_out_threshold(scores: np.ndarray) -> float | None:
     return round(float(np.percentile(scores.max(axis=1), NO_MATCH_PERCENTILE)), 4)
 
 
-def nearest_neighbour_scores(vectors: np.ndarray, limit: int = 2000) -> np.ndarray:
+def nearest_neighbour_scores(vectors: np.ndarray, limit: int = 1000) -> np.ndarray:
     """Each image's best score against the other catalogue images (exact duplicates, score
     > 0.999, excluded), on at most ``limit`` images (evenly spaced) to bound the cost."""
     if len(vectors) < 2:
@@ -216,6 +222,15 @@ def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str
         items=len(items), labels=len(counts), fingerprint=fingerprint(items, model_id),
         model=model_id, label_set_hash=label_set_hash(labels),
     )
+    if len(items) > MAX_FIT_ITEMS:
+        # A covariance of D x D is estimated well from far fewer images; the cost is linear
+        # in the images, so big catalogues fit on an even sample.
+        keep = np.random.default_rng(0).choice(len(items), MAX_FIT_ITEMS, replace=False)
+        keep.sort()
+        vectors = vectors[keep]
+        items = [items[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        counts = Counter(labels)
 
     def finish(projection: Projection | None, status: str, reason: str,
                threshold: float | None = None) -> tuple[Projection | None, AdaptationReport]:
@@ -226,21 +241,27 @@ def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str
         return projection, report
 
     repeated = sum(n for n in counts.values() if n >= 2)
+    if report.items > MAX_ITEMS:
+        return finish(None, "plain", f"catalogue larger than {MAX_ITEMS:,} images: the "
+                      "projected copy would not fit in memory comfortably")
     if len(counts) < 2 or (len(counts) == 1 and "" in counts):
         return finish(None, "plain", "flat catalogue (one label): nothing to learn from")
     if sum(1 for n in counts.values() if n >= 2) < 2 or repeated < MIN_ITEMS:
-        return finish(None, "plain", "too few images per label to learn from (needs several "
-                      "labels with 2+ images each)")
+        return finish(None, "plain", f"too few images per label to learn from ({repeated} "
+                      f"images in labels with 2+ images; needs {MIN_ITEMS} in 2+ labels)")
     uris = [item.uri for item in items]
     held = held_out_mask(labels, uris)
     label_array = np.asarray(labels)
-    train, test = vectors[~held], vectors[held]
+    train = vectors[~held]
     projection = fit_projection(train, label_array[~held])
+    queries = np.flatnonzero(held)
+    queries = queries[:: max(1, len(queries) // MAX_VALIDATION_QUERIES)]
+    test, test_labels = vectors[queries], label_array[queries]
     plain_scores = test @ train.T
     adapted_scores = projection.apply(test) @ projection.apply(train).T
-    plain = recall_at_1(plain_scores, label_array[held], label_array[~held])
-    adapted = recall_at_1(adapted_scores, label_array[held], label_array[~held])
-    report.held_out = int(held.sum())
+    plain = recall_at_1(plain_scores, test_labels, label_array[~held])
+    adapted = recall_at_1(adapted_scores, test_labels, label_array[~held])
+    report.held_out = len(queries)
     report.recall1_plain = round(plain, 4)
     report.recall1_adapted = round(adapted, 4)
     if adapted < plain + MIN_GAIN:

@@ -201,3 +201,18 @@ def test_opensearch_backend_uses_the_same_adaptation(
         local_hits = labelled.search_vector(vectors[0], 5)
         remote_hits = remote.search_vector(vectors[0], 5)
         assert [h.item.sha256 for h in remote_hits] == [h.item.sha256 for h in local_hits]
+
+
+def test_the_view_crop_is_part_of_the_model_id_and_of_the_pixels() -> None:
+    from PIL import Image
+
+    from search_core.models.efficientnet import model_id_for, preprocess
+
+    assert model_id_for(0.875) == "efficientnet-lite0"  # indexes built before keep their id
+    assert model_id_for(0.7) == "efficientnet-lite0-c70"
+    # a 400 px wide image whose outer 15 % on each side is red: the 70 % view sees no red
+    image = Image.new("RGB", (400, 400), (255, 0, 0))
+    image.paste((0, 0, 255), (60, 60, 340, 340))
+    tight = preprocess([image], 0.7)[0]
+    loose = preprocess([image], 0.875)[0]
+    assert tight[0].max() < 40 and loose[0].max() > 200
