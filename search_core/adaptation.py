@@ -132,16 +132,47 @@ def fit_projection(
     onehot[inverse, np.arange(len(x))] = 1.0
     class_means = (onehot @ x) / onehot.sum(axis=1, keepdims=True)
     centred = x - class_means[inverse]
+    fit_matrix = _fit_low_rank if len(x) < x.shape[1] else _fit_full
+    matrix = fit_matrix(x - mean, centred, shrinkage, max_dims)
+    return Projection(mean.astype(np.float32), matrix.astype(np.float32))
+
+
+def _fit_full(x: np.ndarray, centred: np.ndarray, shrinkage: float, max_dims: int) -> np.ndarray:
+    """D x D eigenproblems: the within-label covariance, then the whitened total covariance."""
     values, vecs = np.linalg.eigh(centred.T @ centred / len(x))
     values = (1 - shrinkage) * np.maximum(values, 0) + shrinkage * values.mean()
     whiten = vecs / np.sqrt(values)
-    z = (x - mean) @ whiten
-    # top principal directions of the whitened data (a D x D eigenproblem, as cheap as above)
+    z = x @ whiten
     total, directions = np.linalg.eigh(z.T @ z / len(x))
     order = np.argsort(-total)
     dims = int(min(max_dims, np.sum(total > total[order[0]] * 1e-9), len(x) - 1))
-    matrix = whiten @ directions[:, order[:dims]]
-    return Projection(mean.astype(np.float32), matrix.astype(np.float32))
+    return whiten @ directions[:, order[:dims]]
+
+
+def _fit_low_rank(
+    x: np.ndarray, centred: np.ndarray, shrinkage: float, max_dims: int
+) -> np.ndarray:
+    """The same projection for fewer images than dimensions, through SVDs of the N x D data
+    instead of D x D eigenproblems (a 300-image catalogue fits in a fraction of a second
+    instead of seconds). The within-label covariance is zero outside the span of the data, so
+    the shrunk whitening is explicit there: one scale inside each singular direction, one
+    outside them all."""
+    n, d = x.shape
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    values = singular**2 / n
+    floor = shrinkage * values.sum() / d  # shrinkage * trace / D, as in the D x D path
+    inside = 1 / np.sqrt((1 - shrinkage) * values + floor)
+    outside = 1 / np.sqrt(floor)
+
+    def whiten(rows: np.ndarray) -> np.ndarray:
+        coords = rows @ vt.T
+        return (coords * inside) @ vt + outside * (rows - coords @ vt)
+
+    z = whiten(x)
+    _, total, directions = np.linalg.svd(z, full_matrices=False)
+    dims = int(min(max_dims, np.sum(total > total[0] * 1e-6), n - 1))
+    # the whitening is symmetric: W @ directions = whiten(directions^T)^T
+    return whiten(directions[:dims]).T
 
 
 def held_out_mask(

@@ -175,6 +175,23 @@ def test_projection_round_trip_and_unit_vectors(labelled: SearchPipeline, tmp_pa
     assert adaptation.load(tmp_path / "bad.npz") is None
 
 
+def test_the_fast_small_catalogue_fit_equals_the_full_one(labelled: SearchPipeline) -> None:
+    """Fewer images than dimensions take the SVD path; it must learn the same space."""
+    vectors, items = labelled.index.vectors()
+    labels = [item.label for item in items]
+    fast = adaptation.fit_projection(vectors, labels)
+    x = vectors.astype(np.float64)
+    means = {label: x[[n for n, lab in enumerate(labels) if lab == label]].mean(0)
+             for label in set(labels)}
+    centred = x - np.stack([means[label] for label in labels])
+    full = adaptation.Projection(
+        fast.mean, adaptation._fit_full(x - x.mean(0), centred, adaptation.SHRINKAGE,
+                                        fast.dims).astype(np.float32),
+    )
+    a, b = fast.apply(vectors), full.apply(vectors)
+    assert np.allclose(a @ a.T, b @ b.T, atol=1e-4)
+
+
 def test_opensearch_backend_uses_the_same_adaptation(
     labelled: SearchPipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
