@@ -336,6 +336,7 @@ class SearchPipeline:
                 sub_load = getattr(sub, "load", None)
                 if callable(sub_load):
                     sub_load()
+        self.prepare_adaptation()  # load (or fit, when missing or stale) before the first user
 
     def stats(self) -> dict[str, Any]:
         stats = dict(self.index.stats())
@@ -423,18 +424,21 @@ class SearchPipeline:
                 self._views.popitem(last=False)
         return vector
 
-    def best_match(self, vector: np.ndarray) -> CatalogueLabel | None:
-        """The catalogue's best match for a view: label, score and whether it is close (its
-        score reaches the threshold calibrated on the catalogue's own nearest neighbours)."""
+    def best_match(self, vector: np.ndarray, *, judge: bool = True) -> CatalogueLabel | None:
+        """The catalogue's best match for a view: label and score in the search space, and
+        (``judge``) whether it is close: its plain cosine reaches the threshold calibrated on
+        the catalogue's own scores (plain, because a projection fitted on a few labels maps
+        unrelated photos near one of them)."""
         hits = self.candidates(vector, 1)
         if not hits:
             return None
+        close = True
         threshold = self.adapter.report.no_match_threshold
-        score = hits[0].score
+        if judge and threshold is not None:
+            plain = hits if not self.adapter.active else self.index.search(vector, 1)
+            close = bool(plain) and plain[0].score >= threshold
         return CatalogueLabel(
-            hits[0].item.label if self.adapter.report.labels >= 2 else "",
-            score,
-            threshold is None or score >= threshold,
+            hits[0].item.label if self.adapter.report.labels >= 2 else "", hits[0].score, close
         )
 
     def auto_object(self, analyzed: AnalyzedImage) -> int | None:
@@ -449,7 +453,7 @@ class SearchPipeline:
         candidates = auto_candidates(analyzed.detections)[:AUTO_MAX_OBJECTS]
         chosen: int | None = None
         if candidates:
-            whole = self.best_match(self.view_vector(analyzed, None))
+            whole = self.best_match(self.view_vector(analyzed, None), judge=False)
             best = whole.score if whole is not None else None
             if best is None:  # an empty catalogue: the detector's guess is all there is
                 chosen = candidates[0]
@@ -457,7 +461,8 @@ class SearchPipeline:
                 for number in candidates:
                     try:
                         match = self.best_match(
-                            self.view_vector(analyzed, analyzed.detections[number].box)
+                            self.view_vector(analyzed, analyzed.detections[number].box),
+                            judge=False,
                         )
                     except SearchError:  # a box too small to crop
                         continue
