@@ -15,7 +15,9 @@ Configurations, each run through SearchPipeline as the app runs it (analyse, cho
 search): ``before`` (the shipped 87.5 % view, no adaptation, detector-only auto), ``whole`` and
 ``auto`` of the new default, and the new default with each component switched off. Queries are
 val/ (296), never used for fitting or choosing: the adaptation fits on the catalogue alone and
-its "no close match" threshold comes from held-out catalogue images. Ends with one JSON line.
+its "no close match" threshold from the catalogue's own scores; the share of val queries and
+of 128 COCO photos (no groceries) reported as "no close match" is printed too. Ends with one
+JSON line.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import GROCERY, emit, image_files, machine, require_dir, table
+from _common import GROCERY, SHARED_DATA, emit, image_files, machine, require_dir, table
 
 from search_core.config import Settings
 from search_core.evaluation import KS, average_precision
@@ -97,6 +99,12 @@ def evaluate(pipeline: SearchPipeline, queries: list[tuple[AnalyzedImage, str]],
             "ms_per_query": round(1000 * float(np.mean(seconds)), 1)}
 
 
+def no_close_share(pipeline: SearchPipeline, images: list[AnalyzedImage]) -> float:
+    """Share of whole images whose best catalogue match is reported as no close match."""
+    matches = [pipeline.whole_match(analyzed) for analyzed in images]
+    return round(sum(1 for m in matches if m is not None and not m.close) / len(images), 3)
+
+
 def whole(_: SearchPipeline, __: AnalyzedImage) -> str:
     return WHOLE
 
@@ -141,7 +149,10 @@ def main() -> None:
             query_files = query_files[:: max(1, len(query_files) // 60)][:60]
         analyser = pipeline_for(root, "queries", NEW_CROP, "off")
         queries = [(analyser.analyze(path.read_bytes()), path.parent.name) for path in query_files]
-        rows, learned, costs = [], {}, {}
+        # photos of no grocery at all: a good catalogue search says "no close match" for them
+        outsiders = [analyser.analyze(path.read_bytes())
+                     for path in image_files(SHARED_DATA / "coco128")]
+        rows, learned, costs, rates = [], {}, {}, {}
         for name in args.catalogues.split(","):
             pipelines: dict[tuple[float, bool], SearchPipeline] = {}
             for crop in (OLD_CROP, NEW_CROP):
@@ -155,6 +166,12 @@ def main() -> None:
                 learned[f"{name}_c{round(crop * 100)}"] = indexer.adapter.describe()
                 pipelines[(crop, True)] = indexer
                 pipelines[(crop, False)] = pipeline_for(root, name, crop, "off")
+            default = pipelines[(NEW_CROP, True)]
+            rates[name] = {
+                "val_no_close_match": no_close_share(default, [a for a, _ in queries]),
+                "coco_no_close_match": no_close_share(default, outsiders),
+            }
+            print(f"{name:9s} no close match: {rates[name]}", flush=True)
             for config, (crop, adapt, choose) in CONFIGS.items():
                 result = evaluate(pipelines[(crop, adapt)], queries, choose, plain=not adapt)
                 rows.append({"catalogue": name, "config": config,
@@ -174,7 +191,11 @@ def main() -> None:
         tag = f"{r['catalogue']}_{r['config']}".replace(" ", "_").replace(":", "")
         for metric in ("R@1", "R@5", "R@10", "mAP@10", "ms_per_query"):
             payload[f"{tag}_{metric}"] = r[metric]
-    payload.update({"adaptation": learned, "costs": costs, "runs": rows, "machine": started,
+    print(table([[name, r["val_no_close_match"], r["coco_no_close_match"]]
+                 for name, r in rates.items()],
+                ["catalogue", "val queries: no close match", "COCO photos: no close match"]))
+    payload.update({"no_close_match": rates, "adaptation": learned, "costs": costs,
+                    "runs": rows, "machine": started,
                     "load_1min_at_end": round(os.getloadavg()[0], 2)})
     emit(payload)
 
