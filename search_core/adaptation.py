@@ -414,8 +414,9 @@ class CatalogueAdapter:
     and searches there. Thread-safe; a refit never blocks a search (searches use the previous
     state, or the plain index, until it is done)."""
 
-    #: how often a search may ask the index whether it changed (a count per check)
-    CHECK_SECONDS: ClassVar[dict[str, float]] = {"local": 0.0}
+    #: how often a search may ask the index whether it changed (a count per check; a change
+    #: re-reads and re-projects every vector, so not after every batch of a running ingest)
+    CHECK_SECONDS: ClassVar[dict[str, float]] = {"local": 5.0}
     DEFAULT_CHECK_SECONDS = 30.0
 
     def __init__(self, index: Any, data_dir: Path, model_id: str, mode: str = "auto") -> None:
@@ -428,7 +429,7 @@ class CatalogueAdapter:
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.projection: Projection | None = None
-        self.report = AdaptationReport(status="off" if mode == "off" else "none")
+        self.report = AdaptationReport(status="none")  # until the first refresh
         self._matrix = np.zeros((0, 0), np.float32)  # the catalogue in the search space
         self._items: list[ItemMeta] = []
         self._count = -1
@@ -503,6 +504,8 @@ class CatalogueAdapter:
         round trip). Fits only when nothing was ever fitted or loaded."""
         now = time.monotonic()
         if self._count >= 0 and now - self._checked < self.check_seconds:
+            return
+        if self._refresh_lock.locked():  # another thread is refreshing: use the current state
             return
         self._checked = now
         try:
