@@ -253,10 +253,11 @@ def label_set_hash(labels: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(set(labels))).encode()).hexdigest()[:16]
 
 
-def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str
-        ) -> tuple[Projection | None, AdaptationReport]:
+def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, *,
+        require_gain: bool = True) -> tuple[Projection | None, AdaptationReport]:
     """Fits, validates on a held-out part of the catalogue, and decides. The projection is
-    returned only when it wins; the report says what happened either way."""
+    returned only when it wins (``require_gain=False``: whenever labels allow a fit, for
+    benchmarks of the adapted search path); the report says what happened either way."""
     began = time.perf_counter()
     labels = [item.label for item in items]
     counts = Counter(labels)
@@ -311,7 +312,7 @@ def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str
                                    IMPOSTOR_PERCENTILE)
     report.recall1_plain = round(plain, 4)
     report.recall1_adapted = round(adapted, 4)
-    if adapted < plain + MIN_GAIN:
+    if require_gain and adapted < plain + MIN_GAIN:
         return finish(None, "plain", f"no gain on the held-out catalogue images "
                       f"(Recall@1 {plain:.3f} -> {adapted:.3f})", threshold)
     final = fit_projection(vectors, label_array)
@@ -442,7 +443,9 @@ class CatalogueAdapter:
     def active(self) -> bool:
         return self.projection is not None
 
-    def refresh(self, *, allow_fit: bool = True, force_fit: bool = False) -> AdaptationReport:
+    def refresh(
+        self, *, allow_fit: bool = True, force_fit: bool = False, require_gain: bool = True
+    ) -> AdaptationReport:
         """Reads the catalogue, loads the saved projection or (re)fits it when stale, and
         rebuilds the in-memory search space. Run after an ingest and at start. With
         ``allow_fit=False`` (a search noticed a changed index) a stale projection is kept and
@@ -473,7 +476,9 @@ class CatalogueAdapter:
                     )
                     report.no_match_threshold = calibrate(vectors)
                 else:
-                    projection, report = fit(vectors, items, self.model_id)
+                    projection, report = fit(
+                        vectors, items, self.model_id, require_gain=require_gain
+                    )
                     try:
                         save(self.path, projection, report)
                     except OSError as exc:  # read-only data dir: keep it in memory only
