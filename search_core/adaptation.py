@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from search_core.types import ItemMeta, SearchHit
 
@@ -136,8 +137,14 @@ def fit_projection(
     onehot[inverse, np.arange(len(x))] = 1.0
     class_means = (onehot @ x) / onehot.sum(axis=1, keepdims=True)
     centred = x - class_means[inverse]
-    fit_matrix = _fit_low_rank if len(x) < x.shape[1] else _fit_full
-    matrix = fit_matrix(x - mean, centred, shrinkage, max_dims)
+    if len(x) < x.shape[1]:
+        matrix = _fit_low_rank(x - mean, centred, shrinkage, max_dims)
+    else:
+        # float32 eigenproblems: 4x faster than float64 with the same retrieval results
+        # (grocery val -> train R@1/R@5/R@10 identical to three decimals)
+        matrix = _fit_full(
+            (x - mean).astype(np.float32), centred.astype(np.float32), shrinkage, max_dims
+        )
     return Projection(mean.astype(np.float32), matrix.astype(np.float32))
 
 
@@ -257,7 +264,17 @@ def fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, *,
         require_gain: bool = True) -> tuple[Projection | None, AdaptationReport]:
     """Fits, validates on a held-out part of the catalogue, and decides. The projection is
     returned only when it wins (``require_gain=False``: whenever labels allow a fit, for
-    benchmarks of the adapted search path); the report says what happened either way."""
+    benchmarks of the adapted search path); the report says what happened either way.
+
+    BLAS runs on one thread here: on a busy machine (searches, an ingest, other processes)
+    multi-threaded eigensolvers wait on each other -- the 2,640-image fit took 22-27 s with
+    two threads against 3-5 s with one, at load 8 on two cores."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit(vectors, items, model_id, require_gain)
+
+
+def _fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, require_gain: bool
+         ) -> tuple[Projection | None, AdaptationReport]:
     began = time.perf_counter()
     labels = [item.label for item in items]
     counts = Counter(labels)
