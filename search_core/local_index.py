@@ -632,13 +632,6 @@ class LocalIndex:
     def _graph_path(self) -> Path:
         return self.data_dir / "hnsw.npz"
 
-    def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]:
-        """A copy of every stored vector with its item, in one consistent snapshot (the
-        catalogue adaptation fits on these)."""
-        with self._lock:
-            self._refresh()
-            return self._matrix.copy(), list(self._items)
-
 
 def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
     data = item.to_dict()
