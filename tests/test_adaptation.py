@@ -91,6 +91,32 @@ def test_a_deleted_image_never_comes_back_from_the_projected_copy(
         pipeline.index_source(str(Path(first.uri).parent.parent))  # put it back for the others
 
 
+def test_a_background_job_and_the_cli_see_the_adaptation(tmp_path: Path) -> None:
+    """The app's Index tab runs ingests as jobs: the fit happens at the end of the job, and a
+    separate CLI process reports what was learned from the saved file."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    catalogue = _copy_catalogue(tmp_path / "catalogue")
+    pipeline = build_pipeline(_settings(tmp_path))
+    job = pipeline.jobs.start(str(catalogue))
+    assert job.thread is not None
+    job.thread.join(timeout=300)
+    assert job.state == "finished", job.error
+    assert pipeline.adapter.report.status == "active"
+    env = {**os.environ, "SEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SEARCH_SAMPLE_CATALOGUE": "off"}
+    done = subprocess.run([sys.executable, "-m", "search_core", "stats"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    learned = json.loads(done.stdout.strip().splitlines()[-1])["adaptation"]
+    assert learned["status"] == "active" and learned["fitted_at"] == (
+        pipeline.adapter.report.fitted_at
+    )
+
+
 def test_refit_only_when_the_catalogue_changed_enough() -> None:
     items = [ItemMeta(uri=f"/c/{i % 5}/{i}.jpg", sha256=f"{i:064x}", label=str(i % 5))
              for i in range(100)]
