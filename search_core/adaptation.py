@@ -429,8 +429,10 @@ def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
 
 class CatalogueAdapter:
     """The adaptation of one index: keeps the projection and the projected catalogue in memory
-    and searches there. Thread-safe; a refit never blocks a search (searches use the previous
-    state, or the plain index, until it is done)."""
+    and searches there. Thread-safe. Fitting happens at the end of an ingest and at start
+    (``warm_up``); a search only fits when nothing was ever fitted or saved (a fresh CLI
+    process on an index built before this feature), and while another thread refreshes,
+    searches use the previous state."""
 
     #: how often a search may ask the index whether it changed (a count per check; a change
     #: re-reads and re-projects every vector, so not after every batch of a running ingest)
