@@ -120,7 +120,10 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         else "No objects detected: searching with the whole image (or draw a manual crop)."
     )
     return (
-        image_file(draw_detections(analyzed.image, analyzed.detections)),
+        image_file(draw_detections(
+            analyzed.image, analyzed.detections,
+            [analyzed.box_caption(n) for n in range(len(analyzed.detections))],
+        )),
         gr.update(choices=_choices(analyzed), value=value),
         status,
     )

@@ -57,6 +57,14 @@ class AnalyzedImage:
     #: until asked for, None for an object that could not be embedded
     catalogue: tuple[CatalogueLabel | None, ...] = ()
 
+    def box_caption(self, number: int) -> str:
+        """What the box of object ``number`` shows: the catalogue's label when it is a close
+        match ("Kiwi 46 %"), else "" (the detector's label is drawn)."""
+        match = self.catalogue[number] if number < len(self.catalogue) else None
+        if match is None or not match.close or not match.label:
+            return ""
+        return f"{match.label} {max(match.score, 0.0) * 100:.0f} %"
+
     def choice_label(self, number: int) -> str:
         """ "Book 2 — 80 %", and once labelled "Book 2 — 80 % · Kiwi · 46 %" or "... · no close
         match in this catalogue": the generic detector label alone is often wrong for products

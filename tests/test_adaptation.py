@@ -167,6 +167,9 @@ def test_auto_and_catalogue_labels_on_a_shelf_photo(labelled: SearchPipeline) ->
     texts = [labelled_image.choice_label(n) for n in range(len(analyzed.detections))]
     assert all(" · " in text for text in texts), texts
     assert any(label in " ".join(texts) for label in CLASSES) or NO_CLOSE_MATCH in texts[0]
+    captions = [labelled_image.box_caption(n) for n in range(len(analyzed.detections))]
+    for caption, match in zip(captions, labelled_image.catalogue, strict=True):
+        assert (caption != "") == (match is not None and match.close and match.label != "")
     # the whole shelf photo of apples finds the apples of the catalogue
     whole = labelled.whole_match(analyzed)
     assert whole is not None and whole.close and whole.label in {"Granny-Smith", "Pink-Lady"}
@@ -259,3 +262,17 @@ def test_the_view_crop_is_part_of_the_model_id_and_of_the_pixels() -> None:
     tight = preprocess([image], 0.7)[0]
     loose = preprocess([image], 0.875)[0]
     assert tight[0].max() < 40 and loose[0].max() > 200
+
+
+def test_a_box_shows_its_catalogue_caption_instead_of_the_detector_label() -> None:
+    from PIL import Image
+
+    from search_core.crop import draw_detections
+    from search_core.types import Box, Detection
+
+    image = Image.new("RGB", (400, 300), (200, 200, 200))
+    found = [Detection("Book", 80.0, Box(0.1, 0.2, 0.5, 0.6))]
+    plain = np.asarray(draw_detections(image, found))
+    captioned = np.asarray(draw_detections(image, found, ["Arla-Standard-Milk 61 %"]))
+    assert np.array_equal(plain, np.asarray(draw_detections(image, found, [""])))
+    assert not np.array_equal(plain, captioned)  # a longer text over the box
