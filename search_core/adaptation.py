@@ -437,7 +437,8 @@ class CatalogueAdapter:
     #: how often a search may ask the index whether it changed (a count per check; a change
     #: re-reads and re-projects every vector, so not after every batch of a running ingest)
     CHECK_SECONDS: ClassVar[dict[str, float]] = {"local": 5.0}
-    DEFAULT_CHECK_SECONDS = 30.0
+    #: remote backends: a change means a scan of every vector (~12 KB each as JSON)
+    DEFAULT_CHECK_SECONDS = 300.0
 
     def __init__(self, index: Any, data_dir: Path, model_id: str, mode: str = "auto") -> None:
         self.index = index
@@ -471,6 +472,18 @@ class CatalogueAdapter:
         only re-applied: fitting takes seconds and belongs to the end of an ingest. With
         SEARCH_ADAPT=off only the "no close match" threshold is calibrated."""
         with self._refresh_lock:
+            count = self.index.count()
+            if count > MAX_ITEMS:  # decided before reading (a remote scan of millions)
+                report = AdaptationReport(
+                    status="plain", items=count, model=self.model_id,
+                    reason=f"catalogue larger than {MAX_ITEMS:,} images: the projected copy "
+                    "would not fit in memory comfortably",
+                )
+                with self._lock:
+                    self.projection, self.report = None, report
+                    self._matrix, self._items = np.zeros((0, 0), np.float32), []
+                    self._count, self._checked = count, time.monotonic()
+                return report
             try:
                 vectors, items = read_vectors(self.index)
             except NotImplementedError as exc:
