@@ -20,7 +20,7 @@ from search_core.crop import box_from_pixels, draw_detections
 from search_core.errors import SearchError
 from search_core.factory import get_pipeline
 from search_core.interfaces import EventuallyConsistent
-from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
+from search_core.pipeline import WHOLE, AnalyzedImage
 from search_core.sources import open_source
 from search_core.tempstore import jpeg_file
 from search_core.uploads import check_upload_path, read_upload, upload_folder
@@ -105,11 +105,14 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), ""
     try:
         analyzed = _analyze(path)
+        assert analyzed is not None
+        # each object's best catalogue label in the dropdown, and the object (or whole image)
+        # that matches the catalogue best preselected
+        analyzed = get_pipeline().label_objects(analyzed)
+        preselected = get_pipeline().auto_object(analyzed)
     except SearchError as exc:
         gr.Warning(str(exc))
         return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), f"⚠️ {exc}"
-    assert analyzed is not None
-    preselected = auto_choice(analyzed.detections)
     value = WHOLE if preselected is None else str(preselected)
     found = len(analyzed.detections)
     status = (
@@ -118,7 +121,10 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         else "No objects detected: searching with the whole image (or draw a manual crop)."
     )
     return (
-        image_file(draw_detections(analyzed.image, analyzed.detections)),
+        image_file(draw_detections(
+            analyzed.image, analyzed.detections,
+            [analyzed.box_caption(n) for n in range(len(analyzed.detections))],
+        )),
         gr.update(choices=_choices(analyzed), value=value),
         status,
     )

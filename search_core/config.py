@@ -243,6 +243,8 @@ class Settings:
     hnsw_threshold: int = setting("SEARCH_HNSW_THRESHOLD", "20000", "Local index switches from exact NumPy search to FAISS HNSW above this many vectors.", parse=_int)
     sample_catalogue: Path | None = setting("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"), "Indexed in the background at app start when the index is empty (`off` disables).", parse=_optional_path, shown="./samples/catalogue")
     clip_model: str = setting("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32", "Hugging Face model id for `SEARCH_EMBEDDER=clip`.")
+    adapt: str = setting("SEARCH_ADAPT", "auto", "`auto`: learn a projection from the catalogue's folders/labels after each ingest and use it when it wins on held-out catalogue images; `off`: plain embedding.", parse=_lower, choices=("auto", "off"))
+    view_crop: float = setting("SEARCH_VIEW_CROP", "0.7", "Centre share of the image the EfficientNet embedder sees (queries and catalogue; changing it needs a re-index).", parse=_float)
     # -- AWS --------------------------------------------------------------------------------
     aws_region: str = setting("AWS_REGION", "us-east-1", "Region for Rekognition, Bedrock, S3 and OpenSearch Serverless.", aliases=("AWS_DEFAULT_REGION",))
     rekognition_max_labels: int = setting("REKOGNITION_MAX_LABELS", "50", "DetectLabels MaxLabels.", parse=_int)
@@ -309,6 +311,8 @@ class Settings:
         """Rules between settings (one variable's own rules are checked while parsing)."""
         for name, variable in self.variables():
             variable.check(getattr(self, name))
+        if not 0.3 <= self.view_crop <= 1.0:
+            raise ConfigError(f"SEARCH_VIEW_CROP must be between 0.3 and 1.0, got {self.view_crop}")
         if self.titan_embedding_length not in (256, 384, 1024):
             raise ConfigError("TITAN_EMBEDDING_LENGTH must be 256, 384 or 1024")
         if self.index == "opensearch" and not self.opensearch_endpoint:

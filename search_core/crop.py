@@ -60,8 +60,11 @@ def box_from_pixels(x0: float, y0: float, x1: float, y1: float, width: int, heig
     ).clamped()
 
 
-def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Image.Image:
-    """The image with numbered boxes, matching the numbers in the object dropdown."""
+def draw_detections(
+    image: Image.Image, detections: Sequence[Detection], captions: Sequence[str] = ()
+) -> Image.Image:
+    """The image with numbered boxes, matching the numbers in the object dropdown. A caption
+    (e.g. the catalogue's best label, "Kiwi 46 %") replaces the detector's label on its box."""
     canvas = np.ascontiguousarray(np.asarray(image).copy())
     thickness = max(2, round(max(image.size) / 300))
     scale = max(0.5, max(image.size) / 800)
@@ -69,7 +72,8 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Imag
         color = _PALETTE[(number - 1) % len(_PALETTE)]
         x0, y0, x1, y1 = detection.box.to_pixels(image.width, image.height)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), color, thickness)
-        text = f"{number} {detection.label}"
+        caption = captions[number - 1] if number - 1 < len(captions) else ""
+        text = f"{number} {caption or detection.label}"
         (tw, th), base = cv2.getTextSize(
             text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2)
         )

@@ -179,3 +179,11 @@ class EventuallyConsistent(Protocol):
     (OpenSearch Serverless: up to a minute); ``serverless`` is True when that applies."""
 
     serverless: bool
+
+
+@runtime_checkable
+class ListsVectors(Protocol):
+    """An index that can hand back every stored vector with its item, in one call: the
+    catalogue adaptation learns its projection from them (see :mod:`search_core.adaptation`)."""
+
+    def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]: ...

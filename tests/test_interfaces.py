@@ -26,6 +26,7 @@ from search_core.interfaces import (
     Detector,
     Embedder,
     EventuallyConsistent,
+    ListsVectors,
     Loadable,
     PartialBatchEmbedder,
     PrefersBatchSize,
@@ -39,6 +40,7 @@ CAPABILITIES = (
     PartialBatchEmbedder,
     PrefersBatchSize,
     EventuallyConsistent,
+    ListsVectors,
 )
 
 
@@ -60,7 +62,7 @@ def test_local_backends(tmp_path: Path) -> None:
 
     index = build_index(settings, embedder)
     assert isinstance(index, VectorIndex)
-    assert _has(index) == set()
+    assert _has(index) == {ListsVectors}
 
 
 def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +84,7 @@ def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
 
     index = build_index(settings, embedder)  # no request is sent before the first call
     assert isinstance(index, VectorIndex)
-    assert _has(index) == {EventuallyConsistent} and index.serverless
+    assert _has(index) == {EventuallyConsistent, ListsVectors} and index.serverless
 
 
 def test_clip_is_loadable_without_loading() -> None:
