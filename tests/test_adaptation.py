@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, require
 from fake_opensearch import FAKE_KEY, FAKE_SECRET, FakeOpenSearch
+from helpers import REPO, SHARED_DATA, require
 
 from search_core import adaptation
 from search_core.adaptation import NO_CLOSE_MATCH, CatalogueLabel
@@ -72,7 +72,7 @@ def test_a_restart_loads_the_projection_instead_of_refitting(labelled: SearchPip
     assert again.stats()["adaptation"]["fitted_at"] == fitted.fitted_at
     query = SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana"
     photo = sorted(query.rglob("*.jpg"))[0]
-    hits = again.search_bytes(photo.read_bytes(), "whole", k=5)
+    hits = again.search(again.analyze(photo.read_bytes()), "whole", k=5)
     assert hits and hits[0].item.label == "Banana"
 
 
@@ -81,11 +81,11 @@ def test_a_deleted_image_never_comes_back_from_the_projected_copy(
 ) -> None:
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
     pipeline = build_pipeline(labelled.settings)
-    first = pipeline.search_bytes(photo.read_bytes(), "whole", k=3)[0]
+    first = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=3)[0]
     pipeline.adapter.check_seconds = 3600.0  # the count check alone would notice: test the guard
     pipeline.index.delete([first.item.sha256])
     try:
-        hits = pipeline.search_bytes(photo.read_bytes(), "whole", k=10)
+        hits = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=10)
         assert first.item.sha256 not in {h.item.sha256 for h in hits} and len(hits) == 10
     finally:
         pipeline.index_source(str(Path(first.uri).parent.parent))  # put it back for the others
@@ -143,14 +143,14 @@ def test_flat_catalogue_and_one_photo_per_label_keep_the_plain_embedding(tmp_pat
     assert report["status"] == "plain" and "too few" in report["reason"]
     # plain search answers, and a flat catalogue shows no labels (they would all be "all")
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana").glob("*.jpg"))[0]
-    assert flat.search_bytes(photo.read_bytes(), "whole", k=3)
+    assert flat.search(flat.analyze(photo.read_bytes()), "whole", k=3)
     assert flat.whole_match(flat.analyze(photo.read_bytes())).label == ""
 
 
 def test_adapt_off_searches_plainly(labelled: SearchPipeline) -> None:
     off = build_pipeline(dataclasses.replace(labelled.settings, adapt="off"))
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Lemon").glob("*.jpg"))[0]
-    hits = off.search_bytes(photo.read_bytes(), "whole", k=5)
+    hits = off.search(off.analyze(photo.read_bytes()), "whole", k=5)
     vector = off.query_vector(off.analyze(photo.read_bytes()), "whole", None)
     assert [h.uri for h in hits] == [h.uri for h in off.index.search(vector, 5)]
     assert off.stats()["adaptation"]["status"] == "off"
