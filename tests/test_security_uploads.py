@@ -6,6 +6,7 @@ the health checks and the login page needs a session; login brute force ends in 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -279,6 +280,79 @@ def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["indexed"] == 2
+
+
+def test_results_outside_the_roots_keep_their_place_without_a_preview(tmp_path: Path) -> None:
+    """The owner indexes ~/Pictures with the CLI (no allow-list), then searches in the web app
+    whose SEARCH_FOLDER_ROOTS does not include it: every result is still listed, with a
+    placeholder thumbnail and the reason in its caption, and nothing of the folder is read
+    for the web (the previews stay out of the temp folder)."""
+    from gradio_client import Client, handle_file
+    from load import run_cli
+
+    pictures = tmp_path / "Pictures"
+    pictures.mkdir()
+    photos = sorted(GROCERY.glob("train/Fruit/Banana/*.jpg"))[:3]
+    for photo in photos:
+        shutil.copy(photo, pictures / photo.name)
+    server = AppServer(tmp_path / "app", SEARCH_FOLDER_ROOTS=str(tmp_path / "app" / "roots"))
+    env = {k: v for k, v in server.env.items() if k != "SEARCH_FOLDER_ROOTS"}
+    run = run_cli(["index", str(pictures)], env)
+    assert run.returncode == 0, run.stderr
+    server.start()
+    try:
+        client = Client(server.url, verbose=False)
+        try:
+            gallery, status = client.predict(handle_file(str(photos[0])), "whole", 5, "", 0, 0,
+                                             100, 100, api_name="/search")
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert len(gallery) == 3, (gallery, status)
+    for item in gallery:
+        assert "no preview: outside the folders this web app may show" in item["caption"]
+        assert str(pictures) in item["caption"]  # the result itself is named
+    assert "3 result(s) shown without a preview" in status, status
+    assert "Top 3 of 3" in status, status
+    assert str(tmp_path / "app" / "roots") not in status  # no server layout in messages
+
+
+def test_share_mode_serves_the_same_locked_down_app(tmp_path: Path) -> None:
+    """``--share`` serves :func:`search_core.server.create_app` (auth wall, upload guard, health
+    routes) and points Gradio's tunnel at it. The tunnel needs the internet; here its client
+    binary is a stand-in that fails Gradio's checksum, so the link is refused at once, the
+    failure is logged, and the local port (what the tunnel would forward) is attacked."""
+    from gradio import tunneling
+
+    hf_home = tmp_path / "hf"
+    fake_frpc = hf_home / "gradio" / "frpc" / tunneling.BINARY_FILENAME
+    fake_frpc.parent.mkdir(parents=True)
+    fake_frpc.write_text("#!/bin/sh\nexit 1\n")
+    fake_frpc.chmod(0o755)
+    server = AppServer(tmp_path / "app", GRADIO_SHARE="1", SEARCH_AUTH=f"{USER}:{PASSWORD}",
+                       HF_HOME=str(hf_home))
+    server.start()
+    try:
+        secret = tmp_path / "secret.txt"
+        secret.write_text("share-mode-secret")
+        assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
+        for route in ("/openapi.json", "/gradio_api/user", "/gradio_api/info", "/api/anything",
+                      "/gradio_api/file=/etc/passwd"):
+            assert httpx.get(server.url + route, timeout=30).status_code == 401, route
+        cookies = _login(server.url)
+        for path in ("/etc/shadow", str(secret), "/dev/zero"):
+            got = call(server.url, "analyze", [file_payload(path)], cookies, timeout=30)
+            assert got.text.startswith("400") and NOT_AN_UPLOAD in got.text, (path, got)
+        deadline = time.monotonic() + 60
+        while "no share link" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = server.log()
+        assert "no share link" in log and "served at http://127.0.0.1" in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()
+    assert copies_of([Path(server.env["GRADIO_TEMP_DIR"])], [b"share-mode-secret"]) == []
 
 
 def test_near_limit_images_four_at_once_come_back(tmp_path: Path) -> None:
