@@ -135,6 +135,23 @@ def test_server_files_are_refused_over_http(app: Target) -> None:
     assert "refused file input" in log and "Traceback" not in log
 
 
+def test_the_content_type_cannot_route_around_the_guard(app: Target) -> None:
+    """Media types are case-insensitive and FastAPI parses a JSON body whatever case its type
+    is written in: "Application/Json" once reached Gradio past the upload guard."""
+    body = {"data": [file_payload(app.targets["outside image"])]}
+    import json
+
+    for content_type in ("Application/Json;charset=utf-8", "APPLICATION/JSON",
+                         "application/vnd.api+json", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        got = httpx.post(f"{app.url}/gradio_api/call/analyze", cookies=app.cookies,
+                         content=json.dumps(body).encode(), headers=headers, timeout=30)
+        assert got.status_code in (400, 422), (content_type, got.status_code, got.text)
+        if got.status_code == 400:
+            assert NOT_AN_UPLOAD in got.text, (content_type, got.text)
+    assert copies_of([app.temp], secret_contents(app.targets)) == []
+
+
 def test_server_files_are_refused_through_gradio_client(app: Target,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from gradio_client import Client, handle_file
