@@ -37,6 +37,7 @@ from starlette.routing import Mount
 from search_core import budget
 from search_core.config import REPO_ROOT, Settings
 from search_core.errors import ConfigError, SearchError
+from search_core.forwarded import ForwardedClient
 from search_core.ratelimit import LoginLimiter
 from search_core.tempstore import TempSweeper
 from search_core.uploads import UploadPathGuard, upload_folder
@@ -461,14 +462,16 @@ def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         # Behind the ALB the client address and scheme come from X-Forwarded-*; which peers
         # may set them is uvicorn's FORWARDED_ALLOW_IPS (the image sets "*": only the load
-        # balancer can reach the task).
-        proxy_headers=True,
+        # balancer can reach the task). Read by ForwardedClient below, not uvicorn: uvicorn
+        # takes the client-written end of the header with "*" (search_core.forwarded).
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
         # ALB idle timeout is 60 s by default; keep-alive must outlive it or the ALB reuses a
         # connection the server already closed and the user sees a 502.
         timeout_keep_alive=75,
     )
     log.info("listening on http://%s:%d (auth %s)", args.host, args.port, "on" if auth else "off")
+    config.app = ForwardedClient(app, config.forwarded_allow_ips or "127.0.0.1")
     server = _Server(config)
     if args.share:
         _share_when_started(server, args.host, args.port)

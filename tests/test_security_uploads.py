@@ -280,6 +280,33 @@ def test_login_brute_force_ends_in_429_and_the_owner_gets_back_in(app: Target) -
     assert "login failed" in log and "guess-" not in log and PASSWORD not in log
 
 
+def test_a_forged_forwarded_for_does_not_escape_the_client_lock_out(tmp_path: Path) -> None:
+    """Behind the load balancer (FORWARDED_ALLOW_IPS=*, as in the container) the client writes
+    the left of X-Forwarded-For and the balancer appends the address it saw. Guessing with a
+    new user name and a new forged address each time once never locked the client out; the
+    address the balancer appended is the one that counts, and another client still gets in."""
+    server = AppServer(tmp_path / "app", SEARCH_AUTH=f"{USER}:{PASSWORD}",
+                       FORWARDED_ALLOW_IPS="*", SEARCH_LOGIN_MAX_FAILURES="3",
+                       SEARCH_LOGIN_LOCKOUT_S="60", SEARCH_DETECTOR="none")
+    server.start()
+    try:
+        codes = []
+        for attempt in range(8):
+            got = httpx.post(f"{server.url}/login", timeout=30,
+                             data={"username": f"guess{attempt}", "password": "x"},
+                             headers={"X-Forwarded-For": f"10.9.0.{attempt}, 203.0.113.7"})
+            codes.append(got.status_code)
+        assert codes[-1] == 429 and codes.count(429) >= 4, codes
+        other = httpx.post(f"{server.url}/login", timeout=30,
+                           data={"username": USER, "password": PASSWORD},
+                           headers={"X-Forwarded-For": "198.51.100.4"})
+        assert other.status_code == 200, other.text
+        log = server.log()
+        assert "from 203.0.113.7" in log and "from 10.9.0." not in log
+    finally:
+        server.stop()
+
+
 def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
     """The owner's command line indexes any folder without SEARCH_FOLDER_ROOTS."""
     import json
