@@ -381,6 +381,8 @@ def test_share_mode_serves_the_same_locked_down_app(tmp_path: Path) -> None:
         secret = tmp_path / "secret.txt"
         secret.write_text("share-mode-secret")
         assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
+        robots = httpx.get(f"{server.url}/robots.txt", timeout=10).text
+        assert "Disallow: /" in robots  # Gradio's share behaviour: not for search engines
         for route in ("/openapi.json", "/gradio_api/user", "/gradio_api/info", "/api/anything",
                       "/gradio_api/file=/etc/passwd"):
             assert httpx.get(server.url + route, timeout=30).status_code == 401, route
