@@ -285,3 +285,18 @@ def test_opensearch_index_holds_names(monkeypatch: pytest.MonkeyPatch) -> None:
         for uri in ("s3://bucket/photos/9.jpg", "s3://bucket/photos/", "s3://bucket/photos/1",
                     "/etc/passwd", ""):
             assert not fresh.holds(uri), uri
+
+
+@pytest.mark.parametrize("trusted, peer, header, client", [
+    ("*", "10.0.3.7", "6.6.6.6, 203.0.113.7", "203.0.113.7"),  # what the balancer appended
+    ("*", "10.0.3.7", "203.0.113.7:5123", "203.0.113.7"),
+    ("10.0.0.0/8", "10.0.3.7", "6.6.6.6, 203.0.113.7, 10.1.1.1", "203.0.113.7"),
+    ("10.0.0.0/8", "198.51.100.9", "6.6.6.6", "198.51.100.9"),  # an untrusted peer's header
+    ("127.0.0.1,::1", "::1", "[2001:db8::5]:443", "2001:db8::5"),
+    ("127.0.0.1", "127.0.0.1", "", "127.0.0.1"),
+])
+def test_the_client_behind_a_proxy_is_read_from_the_right(trusted: str, peer: str,
+                                                           header: str, client: str) -> None:
+    from search_core.forwarded import TrustedProxies, client_from
+
+    assert client_from(peer, header, TrustedProxies(trusted)) == client
