@@ -265,6 +265,8 @@ class Settings:
     host: str = setting("HOST", "127.0.0.1", "Interface the web app listens on.", shown="127.0.0.1 (0.0.0.0 in the container)")
     port: int = setting("PORT", "7860", "Port of the web app (8080 on App Runner).", parse=_int)
     share: bool = setting("GRADIO_SHARE", "false", "Create a public share link (needs internet and auth; expires after 72 h).", parse=_bool)
+    share_server_address: str = setting("GRADIO_SHARE_SERVER_ADDRESS", "", "`host:port` of a self-hosted share (frp) server instead of Gradio's.")
+    share_server_tls_certificate: str = setting("GRADIO_SHARE_SERVER_TLS_CERTIFICATE", "", "TLS certificate file of that share server.")
     auth: str = setting("SEARCH_AUTH", "", "`user:password` for basic authentication of the web app.", secret=True)
     auth_file: str = setting("SEARCH_AUTH_FILE", "", "File holding `user:password` lines (alternative to SEARCH_AUTH).")
     gradio_temp_dir: str = setting("GRADIO_TEMP_DIR", "", "Gradio's upload and cache folder (read by Gradio too); file inputs are only accepted from there.", shown="<system temp>/gradio")
