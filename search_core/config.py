@@ -153,7 +153,7 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     (
         "SEARCH_VIEW_CROP",
-        "0.7",
+        "0.8",
         "Centre share of the image the EfficientNet embedder sees (queries and catalogue; "
         "changing it needs a re-index).",
     ),
@@ -217,7 +217,7 @@ class Settings:
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
     clip_model: str = "openai/clip-vit-base-patch32"
     adapt: str = "auto"
-    view_crop: float = 0.7
+    view_crop: float = 0.8
     aws_region: str = "us-east-1"
     rekognition_max_labels: int = 50
     rekognition_min_confidence: float = 55.0
@@ -262,7 +262,7 @@ class Settings:
             ),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             adapt=_env("SEARCH_ADAPT", "auto").lower(),
-            view_crop=_env_float("SEARCH_VIEW_CROP", 0.7),
+            view_crop=_env_float("SEARCH_VIEW_CROP", 0.8),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
             rekognition_max_labels=_env_int("REKOGNITION_MAX_LABELS", 50),
             rekognition_min_confidence=_env_float("REKOGNITION_MIN_CONFIDENCE", 55.0),

@@ -252,10 +252,14 @@ def test_opensearch_backend_uses_the_same_adaptation(
 def test_the_view_crop_is_part_of_the_model_id_and_of_the_pixels() -> None:
     from PIL import Image
 
-    from search_core.models.efficientnet import model_id_for, preprocess
+    from search_core.config import Settings
+    from search_core.models.efficientnet import DEFAULT_CROP_FRACTION, model_id_for, preprocess
 
     assert model_id_for(0.875) == "efficientnet-lite0"  # indexes built before keep their id
     assert model_id_for(0.7) == "efficientnet-lite0-c70"
+    # the default chosen by `bench/quality.py --select-crop`, the same in the model and settings
+    assert Settings().view_crop == DEFAULT_CROP_FRACTION == 0.8
+    assert model_id_for(DEFAULT_CROP_FRACTION) == "efficientnet-lite0-c80"
     # a 400 px wide image whose outer 15 % on each side is red: the 70 % view sees no red
     image = Image.new("RGB", (400, 400), (255, 0, 0))
     image.paste((0, 0, 255), (60, 60, 340, 340))

@@ -80,7 +80,7 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     assert "**Indexed** 18" in counts
     assert [row[1] for row in failures["data"]] == ["not an image: an HTML page"]
     stats = _json(stats)
-    assert stats["count"] == 18 and stats["embedder"] == "efficientnet-lite0-c70"
+    assert stats["count"] == 18 and stats["embedder"] == "efficientnet-lite0-c80"
 
     # Analyse: boxes drawn, dropdown with numbered objects plus whole image and manual crop.
     drawn, dropdown, message = client.predict(
