@@ -58,6 +58,10 @@ from search_core.pipeline import WHOLE, AnalyzedImage, SearchPipeline, auto_choi
 OLD_CROP = 0.875
 #: the view fractions --select-crop compares
 CROP_CANDIDATES = (0.6, 0.7, 0.8, 0.875)
+#: SEARCH_RESULTS_PER_LABEL values --select-crop compares at the chosen view (0 = no cap)
+PER_LABEL_CANDIDATES = (0, 2, 3, 5)
+#: the cap the val report shows as an option (what the train/ split picked; off by default)
+PER_LABEL_OPTION = 3
 
 
 def class_of(uri: str) -> str:
@@ -82,7 +86,8 @@ def split_train(root: Path) -> tuple[Path, list[Path]]:
 
 
 def select_crop(root: Path, candidates: tuple[float, ...]) -> tuple[float, list[dict[str, Any]]]:
-    """The --select-crop protocol (module docstring): train/ alone decides."""
+    """The --select-crop protocol (module docstring): train/ alone decides the view, then, at
+    that view, the SEARCH_RESULTS_PER_LABEL option's value by the same rule."""
     catalogue, held_out = split_train(root)
     analyser = pipeline_for(root, "queries", DEFAULT_CROP_FRACTION, "off")
     queries = [(analyser.analyze(path.read_bytes()), path.parent.name) for path in held_out]
@@ -96,8 +101,20 @@ def select_crop(root: Path, candidates: tuple[float, ...]) -> tuple[float, list[
                      "adaptation": learned["status"], **result,
                      "load": round(os.getloadavg()[0], 2)})
         print(f"select-crop {crop:.3f} {rows[-1]}", flush=True)
-    best = max(rows, key=lambda r: (r["R@1"], r["R@10"], r["mAP@10"]))
-    return float(best["crop"]), rows
+    def rule(row: dict[str, Any]) -> tuple[float, float, float]:
+        return row["R@1"], row["R@10"], row["mAP@10"]
+
+    best = float(max(rows, key=rule)["crop"])
+    capped = []
+    for per_label in PER_LABEL_CANDIDATES:
+        pipeline = pipeline_for(root, "train-split", best, "auto", per_label)
+        result = evaluate(pipeline, queries, catalogue_auto, plain=False)
+        capped.append({"crop": best, "per_label": per_label, **result,
+                       "load": round(os.getloadavg()[0], 2)})
+        print(f"select-crop per label {per_label} {capped[-1]}", flush=True)
+    print(f"on train/ alone, SEARCH_RESULTS_PER_LABEL={max(capped, key=rule)['per_label']} "
+          "would be chosen if turned on", flush=True)
+    return best, rows + capped
 
 
 def build_catalogues(root: Path) -> dict[str, Path]:
@@ -116,11 +133,13 @@ def build_catalogues(root: Path) -> dict[str, Path]:
     return {"train": GROCERY / "train", "flat3": flat, "folders3": folders}
 
 
-def pipeline_for(root: Path, catalogue: str, crop: float, adapt: str) -> SearchPipeline:
+def pipeline_for(root: Path, catalogue: str, crop: float, adapt: str, per_label: int = 0
+                 ) -> SearchPipeline:
     base = Settings.from_env()
     settings = dataclasses.replace(
         base, data_dir=root / f"{catalogue}-c{round(crop * 100)}", view_crop=crop, adapt=adapt,
         sample_catalogue=None, folder_roots=(*base.folder_roots, root),
+        results_per_label=per_label,
     )
     return build_pipeline(settings)
 
@@ -179,6 +198,7 @@ def configs(new_crop: float) -> dict[str, tuple[float, bool, Chooser]]:
         "default - adaptation": (new_crop, False, catalogue_auto),
         f"default - {round(new_crop * 100)} % view": (OLD_CROP, True, catalogue_auto),
         "default - catalogue auto": (new_crop, True, detector_auto),
+        f"default + {PER_LABEL_OPTION} per label": (new_crop, True, catalogue_auto),
     }
 
 
@@ -203,10 +223,9 @@ def main() -> None:
         new_crop, selection = args.crop, []
         if args.select_crop:
             new_crop, selection = select_crop(root, CROP_CANDIDATES)
-            print(table([[r["crop"], r["catalogue"], r["queries"], r["adaptation"], r["R@1"],
-                          r["R@5"], r["R@10"], r["mAP@10"], r["load"]] for r in selection],
-                        ["view crop", "catalogue", "held-out queries", "adaptation", "R@1",
-                         "R@5", "R@10", "mAP@10", "load"]))
+            print(table([[r["crop"], r.get("per_label", 0), r["R@1"], r["R@5"], r["R@10"],
+                          r["mAP@10"], r["load"]] for r in selection],
+                        ["view crop", "per label", "R@1", "R@5", "R@10", "mAP@10", "load"]))
             print(f"selected on train/ alone: SEARCH_VIEW_CROP={new_crop}", flush=True)
             if args.select_only:
                 emit({"bench": "quality-select-crop", "selected_crop": new_crop,
@@ -236,6 +255,7 @@ def main() -> None:
                 learned[f"{name}_c{round(crop * 100)}"] = indexer.adapter.describe()
                 pipelines[(crop, True)] = indexer
                 pipelines[(crop, False)] = pipeline_for(root, name, crop, "off")
+            capped = pipeline_for(root, name, new_crop, "auto", PER_LABEL_OPTION)
             default = pipelines[(new_crop, True)]
             rates[name] = {
                 "val_no_close_match": no_close_share(default, [a for a, _ in queries]),
@@ -243,9 +263,10 @@ def main() -> None:
             }
             print(f"{name:9s} no close match: {rates[name]}", flush=True)
             for config, (crop, adapt, choose) in configs(new_crop).items():
-                result = evaluate(pipelines[(crop, adapt)], queries, choose, plain=not adapt)
+                pipeline = capped if "per label" in config else pipelines[(crop, adapt)]
+                result = evaluate(pipeline, queries, choose, plain=not adapt)
                 rows.append({"catalogue": name, "config": config,
-                             "size": pipelines[(crop, adapt)].index.count(), **result})
+                             "size": pipeline.index.count(), **result})
                 print(f"{name:9s} {config:26s} {result}", flush=True)
     print(table([[r["catalogue"], r["config"], r["size"], r["R@1"], r["R@5"], r["R@10"],
                   r["mAP@10"], r["ms_per_query"]] for r in rows],

@@ -157,6 +157,12 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "Centre share of the image the EfficientNet embedder sees (queries and catalogue; "
         "changing it needs a re-index).",
     ),
+    (
+        "SEARCH_RESULTS_PER_LABEL",
+        "0",
+        "At most this many results of one catalogue label (folder = product), so the first page "
+        "shows more products; `0` = no cap.",
+    ),
     ("AWS_REGION", "us-east-1", "Region for Rekognition, Bedrock, S3 and OpenSearch Serverless."),
     ("REKOGNITION_MAX_LABELS", "50", "DetectLabels MaxLabels."),
     ("REKOGNITION_MIN_CONFIDENCE", "55", "DetectLabels MinConfidence (percent)."),
@@ -218,6 +224,7 @@ class Settings:
     clip_model: str = "openai/clip-vit-base-patch32"
     adapt: str = "auto"
     view_crop: float = 0.8
+    results_per_label: int = 0
     aws_region: str = "us-east-1"
     rekognition_max_labels: int = 50
     rekognition_min_confidence: float = 55.0
@@ -263,6 +270,7 @@ class Settings:
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             adapt=_env("SEARCH_ADAPT", "auto").lower(),
             view_crop=_env_float("SEARCH_VIEW_CROP", 0.8),
+            results_per_label=_env_int("SEARCH_RESULTS_PER_LABEL", 0),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
             rekognition_max_labels=_env_int("REKOGNITION_MAX_LABELS", 50),
             rekognition_min_confidence=_env_float("REKOGNITION_MIN_CONFIDENCE", 55.0),
@@ -292,6 +300,10 @@ class Settings:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
         if not 0.3 <= self.view_crop <= 1.0:
             raise ConfigError(f"SEARCH_VIEW_CROP must be between 0.3 and 1.0, got {self.view_crop}")
+        if self.results_per_label < 0:
+            raise ConfigError(
+                f"SEARCH_RESULTS_PER_LABEL must be 0 (no cap) or more, got {self.results_per_label}"
+            )
         if self.titan_embedding_length not in (256, 384, 1024):
             raise ConfigError("TITAN_EMBEDDING_LENGTH must be 256, 384 or 1024")
         if self.index == "opensearch" and not self.opensearch_endpoint:

@@ -43,6 +43,9 @@ AUTO_MAX_OBJECTS = 3
 #: (chosen on GroceryStore train/ queries against the iconic catalogue: 0, 0.02, 0.05, 0.1 gave
 #: Recall@1 0.295, 0.298, 0.309, 0.305, the whole image alone 0.302)
 AUTO_OBJECT_MARGIN = 0.05
+#: with SEARCH_RESULTS_PER_LABEL, candidates are fetched this many times over, so that capped
+#: labels leave enough others to fill the page
+PER_LABEL_FETCH = 8
 #: at most this many detections get a catalogue label (one embedding each)
 LABEL_MAX_OBJECTS = 10
 MAX_TEXT_QUERY = 1000
@@ -100,6 +103,26 @@ def auto_choice(detections: tuple[Detection, ...]) -> int | None:
     guess, used when no catalogue is there to ask (see SearchPipeline.auto_object)."""
     candidates = auto_candidates(detections)
     return candidates[0] if candidates else None
+
+
+def cap_per_label(hits: list[SearchHit], per_label: int) -> list[SearchHit]:
+    """Best first, at most ``per_label`` hits of one label (unlabelled items are never capped).
+
+    Why: in a catalogue of products (a folder each) ten photos of one product fill the first
+    page, and when that product is the wrong one the right one is pushed off it. Capping keeps
+    Recall@1 and raises Recall@10 (GroceryStore val -> train, SEARCH_RESULTS_PER_LABEL=3: see
+    the README's relevance section), at the price of showing fewer photos of the best product
+    (mAP@10 falls), which is why it is a setting and off by default."""
+    counts: dict[str, int] = {}
+    kept = []
+    for hit in sorted(hits, key=lambda h: -h.score):
+        label = hit.item.label
+        if label:
+            if counts.get(label, 0) >= per_label:
+                continue
+            counts[label] = counts.get(label, 0) + 1
+        kept.append(hit)
+    return kept
 
 
 def parse_object(choice: str | int | None) -> str | int:
@@ -442,7 +465,16 @@ class SearchPipeline:
     ) -> list[SearchHit]:
         """The index's top ``k``, in the catalogue-adapted space when the adaptation is active
         (for every backend: the adapter searches its projected copy of the catalogue), else
-        the index's own plain search."""
+        the index's own plain search; at most SEARCH_RESULTS_PER_LABEL of one label."""
+        per_label = self.settings.results_per_label
+        if per_label <= 0:
+            return self._nearest(vector, k, filters, plain)
+        return cap_per_label(self._nearest(vector, k * PER_LABEL_FETCH, filters, plain),
+                             per_label)[:k]
+
+    def _nearest(
+        self, vector: np.ndarray, k: int, filters: dict[str, Any] | None, plain: bool
+    ) -> list[SearchHit]:
         if not plain:
             hits = self.adapter.search(vector, k, filters)
             if hits is not None:

@@ -280,3 +280,34 @@ def test_a_box_shows_its_catalogue_caption_instead_of_the_detector_label() -> No
     captioned = np.asarray(draw_detections(image, found, ["Arla-Standard-Milk 61 %"]))
     assert np.array_equal(plain, np.asarray(draw_detections(image, found, [""])))
     assert not np.array_equal(plain, captioned)  # a longer text over the box
+
+
+def test_results_per_label_caps_one_product_and_fills_the_page_with_others(
+    labelled: SearchPipeline,
+) -> None:
+    """SEARCH_RESULTS_PER_LABEL=2: a banana photo gets at most 2 bananas among its 10 results,
+    the same best hit, and the page is still full (PER_CLASS=6 bananas would fill it more)."""
+    photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana").rglob("*.jpg"))[0]
+    free = labelled.search_bytes(photo.read_bytes(), "whole", k=10)
+    capped_pipeline = build_pipeline(dataclasses.replace(labelled.settings, results_per_label=2))
+    capped = capped_pipeline.search_bytes(photo.read_bytes(), "whole", k=10)
+    labels = [hit.item.label for hit in capped]
+    assert sum(label == "Banana" for label in [h.item.label for h in free]) > 2
+    assert len(capped) == 10 and max(labels.count(label) for label in set(labels)) <= 2
+    assert capped[0].uri == free[0].uri and capped[0].item.label == "Banana"
+    scores = [hit.score for hit in capped]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cap_per_label_never_caps_unlabelled_items() -> None:
+    from search_core.pipeline import cap_per_label
+    from search_core.types import SearchHit
+
+    def hit(name: str, label: str, score: float) -> SearchHit:
+        return SearchHit(uri=name, score=score, item=ItemMeta(uri=name, sha256=name, label=label))
+
+    hits = [hit("a1", "a", 0.9), hit("a2", "a", 0.8), hit("x", "", 0.7), hit("y", "", 0.6),
+            hit("b1", "b", 0.5)]
+    assert [h.uri for h in cap_per_label(hits, 1)] == ["a1", "x", "y", "b1"]
+    with pytest.raises(Exception, match="SEARCH_RESULTS_PER_LABEL"):
+        dataclasses.replace(Settings(), results_per_label=-1).validate()
