@@ -29,7 +29,9 @@ neighbouring files are shots of one session) and the rest (the catalogue, copied
 folders). For each candidate fraction the catalogue is indexed through the pipeline (so the
 adaptation fits on the catalogue part alone, as in the product) and the held-out photos are
 searched with the default ``auto``. The winner has the best Recall@1, ties broken by Recall@10,
-then mAP@10 (rule fixed before the run); the val report then uses it.
+then mAP@10 (rule fixed before the run); the val report then uses it. At the chosen view the
+same split also rates SEARCH_RESULTS_PER_LABEL (off by default); the val report shows the
+default with PER_LABEL_OPTION as an extra row.
 """
 
 from __future__ import annotations

@@ -145,6 +145,10 @@ def test_flat_catalogue_and_one_photo_per_label_keep_the_plain_embedding(tmp_pat
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana").glob("*.jpg"))[0]
     assert flat.search_bytes(photo.read_bytes(), "whole", k=3)
     assert flat.whole_match(flat.analyze(photo.read_bytes())).label == ""
+    # SEARCH_RESULTS_PER_LABEL never shortens a flat catalogue's page (it is one label, "all")
+    capped = build_pipeline(dataclasses.replace(flat.settings, results_per_label=2))
+    uris = [h.uri for h in flat.search_bytes(photo.read_bytes(), "whole", k=8)]
+    assert [h.uri for h in capped.search_bytes(photo.read_bytes(), "whole", k=8)] == uris
 
 
 def test_adapt_off_searches_plainly(labelled: SearchPipeline) -> None:
@@ -299,7 +303,7 @@ def test_results_per_label_caps_one_product_and_fills_the_page_with_others(
     assert scores == sorted(scores, reverse=True)
 
 
-def test_cap_per_label_never_caps_unlabelled_items() -> None:
+def test_cap_per_label_never_caps_unlabelled_items_nor_a_single_label() -> None:
     from search_core.pipeline import cap_per_label
     from search_core.types import SearchHit
 
@@ -309,5 +313,8 @@ def test_cap_per_label_never_caps_unlabelled_items() -> None:
     hits = [hit("a1", "a", 0.9), hit("a2", "a", 0.8), hit("x", "", 0.7), hit("y", "", 0.6),
             hit("b1", "b", 0.5)]
     assert [h.uri for h in cap_per_label(hits, 1)] == ["a1", "x", "y", "b1"]
+    # a flat folder is one label: nothing to diversify, nothing dropped
+    flat = [hit(f"f{n}", "flat", 1 - n / 10) for n in range(5)]
+    assert [h.uri for h in cap_per_label(flat, 2)] == ["f0", "f1", "f2", "f3", "f4"]
     with pytest.raises(Exception, match="SEARCH_RESULTS_PER_LABEL"):
         dataclasses.replace(Settings(), results_per_label=-1).validate()
