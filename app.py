@@ -84,6 +84,17 @@ def preview_file(uri: str, sha256: str) -> str | None:
     return None if preview is None else image_file(preview, f"preview-{sha256[:40]}")
 
 
+def no_preview_file() -> str:
+    """The neutral stand-in thumbnail of a result whose image may not be shown."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (236, 236, 236))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((48, 72, 208, 184), outline=(170, 170, 170), width=4)
+    draw.text((92, 196), "no preview", fill=(120, 120, 120))
+    return image_file(image, "no-preview")
+
+
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
@@ -159,11 +170,15 @@ def run_search(
         gr.Warning(str(exc))
         return [], f"⚠️ {exc}"
     gallery = []
+    unshown = 0
     for rank, hit in enumerate(hits, start=1):
+        caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
         preview = preview_file(hit.uri, hit.item.sha256)
-        if preview is not None:
-            caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
-            gallery.append((preview, caption))
+        if preview is None:  # never drop a result silently: say why it has no picture
+            unshown += 1
+            why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
+            preview, caption = no_preview_file(), f"{caption} · no preview: {why}"
+        gallery.append((preview, caption))
     if not hits:
         count = pipeline.index.count()
         message = (
@@ -171,6 +186,8 @@ def run_search(
         )
         return [], message
     note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
+    if unshown:
+        note += f" {unshown} result(s) shown without a preview (see their captions)."
     what = ""
     if analyzed is not None:
         what = (

@@ -632,6 +632,13 @@ class LocalIndex:
     def _graph_path(self) -> Path:
         return self.data_dir / "hnsw.npz"
 
+    def holds(self, uri: str) -> bool:
+        """Whether ``uri`` is a stored name (one indexed lookup in ``names``)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM names WHERE uri = ? LIMIT 1", (uri,)
+            ).fetchone() is not None
+
 
 def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
     data = item.to_dict()
