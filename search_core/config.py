@@ -100,6 +100,16 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "Indexed in the background at app start when the index is empty (`off` disables).",
     ),
     (
+        "SEARCH_TAGS",
+        "true",
+        "Store automatic tags at index time (detector labels, ImageNet labels of EfficientNet).",
+    ),
+    (
+        "SEARCH_NEAR_DUPLICATE",
+        "0.93",
+        "Cosine above which a result collapses into a higher one (\"+N similar\"); 0 disables.",
+    ),
+    (
         "SEARCH_CLIP_MODEL",
         "openai/clip-vit-base-patch32",
         "Hugging Face model id for `SEARCH_EMBEDDER=clip`.",
@@ -158,6 +168,8 @@ class Settings:
     folder_roots: tuple[Path, ...] = ()
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
+    tags: bool = True
+    near_duplicate: float = 0.93
     clip_model: str = "openai/clip-vit-base-patch32"
     aws_region: str = "us-east-1"
     rekognition_max_labels: int = 50
@@ -197,6 +209,8 @@ class Settings:
             sample_catalogue=_optional_path(
                 _env("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"))
             ),
+            tags=_env_bool("SEARCH_TAGS", True),
+            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.93),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
             rekognition_max_labels=_env_int("REKOGNITION_MAX_LABELS", 50),

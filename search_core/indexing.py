@@ -27,6 +27,7 @@ from PIL import Image
 from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
 from search_core.interfaces import Embedder, ImageSource, VectorIndex
+from search_core.tags import Tagger
 from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,10 @@ class Indexer:
         max_pixels: int = 50_000_000,
         max_side: int = 2048,
         worker_niceness: int = DEFAULT_WORKER_NICENESS,
+        tagger: Tagger | None = None,
     ) -> None:
         self.embedder = embedder
+        self.tagger = tagger
         self.worker_niceness = worker_niceness
         self.index = index
         self.batch_size = max(1, batch_size)
@@ -190,9 +193,9 @@ class Indexer:
             embedder, "preprocess", None
         )
         forward = getattr(embedder, "forward", None)
-        self._forward: Callable[[np.ndarray], np.ndarray] | None = None
+        self._forward: Callable[[np.ndarray], Any] | None = None
         if self._preprocess is not None and forward is not None:
-            self._forward = lambda batch: _first(forward(batch))
+            self._forward = forward
         else:
             self._preprocess = None
 
@@ -223,6 +226,8 @@ class Indexer:
                 dimension=self.embedder.dimension,
                 extra={"version": entry.version, "source": getattr(source, "uri", "")},
             )
+            if self.tagger is not None:  # category and detector tags (search_core.tags)
+                meta.extra.update(self.tagger.describe(entry.uri, meta.extra["source"], image))
             tensor = self._preprocess([image])[0] if self._preprocess else None
             return _Prepared(
                 entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
@@ -258,8 +263,11 @@ class Indexer:
         """One vector or one error message per item of the batch."""
         try:
             if self._forward is not None:
-                vectors = self._forward(np.stack([item.tensor for item in batch]))
-                return list(vectors)
+                output = self._forward(np.stack([item.tensor for item in batch]))
+                if self.tagger is not None and isinstance(output, tuple) and len(output) > 1:
+                    keywords = self.tagger.keyword_tags(output[1])  # ImageNet labels, same pass
+                    Tagger.merge([item.meta for item in batch], keywords)
+                return list(_first(output))
             partial = getattr(self.embedder, "embed_images_partial", None)
             images = [item.image for item in batch]
             if partial is not None:

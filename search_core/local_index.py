@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from search_core.errors import BackendError, ConfigError
+from search_core.filters import matches as _matches
 from search_core.types import ItemMeta, SearchHit
 
 log = logging.getLogger(__name__)
@@ -382,6 +383,21 @@ class LocalIndex:
     def _graph_path(self) -> Path:
         return self.data_dir / "hnsw.npz"
 
+    def vector_of(self, sha256: str) -> np.ndarray | None:
+        """The stored vector of one item (a copy), or None: "more like this" and the
+        near-duplicate check reuse what indexing computed instead of re-embedding."""
+        with self._lock:
+            self._refresh()
+            position = self._by_sha.get(sha256)
+            return None if position is None else self._matrix[position].copy()
+
+    def item_of(self, sha256: str) -> ItemMeta | None:
+        """One item's metadata by its id (content hash), without reading the whole table."""
+        with self._lock:
+            self._refresh()
+            position = self._by_sha.get(sha256)
+            return None if position is None else self._items[position]
+
 
 class AnnGraph:
     """FAISS HNSW over a reduced projection of the vectors, re-ranked exactly.
@@ -525,14 +541,3 @@ def _exact_top_k(
     order = top[np.argsort(-scores[top], kind="stable")]
     return order, scores[order]
 
-
-def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
-    data = item.to_dict()
-    for key, wanted in filters.items():
-        value = data.get(key, item.extra.get(key))
-        if isinstance(wanted, (list, tuple, set)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True

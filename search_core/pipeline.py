@@ -17,13 +17,16 @@ from PIL import Image
 
 from search_core.config import Settings
 from search_core.crop import crop
-from search_core.errors import ImageError, SearchError
+from search_core.duplicates import collapse_near_duplicates
+from search_core.errors import ImageError, ItemNotFoundError, SearchError
+from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import Detector, Embedder, VectorIndex
 from search_core.jobs import JobManager
 from search_core.sources import open_source
-from search_core.types import Box, Detection, SearchHit
+from search_core.tags import Tagger, facets, matching_tags
+from search_core.types import Box, Detection, ItemMeta, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +207,76 @@ class SearchPipeline:
                 continue
             seen |= keys
             unique.append(hit)
-            if len(unique) == k:
-                break
-        return unique
+        return self.collapse(unique)[:k]
+
+    def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """Near-duplicates folded into the higher result (needs the index's stored vectors:
+        the local index has them; elsewhere results stay as they are)."""
+        return collapse_near_duplicates(
+            hits, getattr(self.index, "vector_of", None), self.settings.near_duplicate
+        )
+
+    def item(self, sha256: str) -> ItemMeta | None:
+        """One catalogue item by its id (content hash)."""
+        lookup = getattr(self.index, "item_of", None)
+        if callable(lookup):
+            return lookup(sha256)
+        return next((i for i in self.index.items() if i.sha256 == sha256), None)
+
+    def search_by_item(
+        self, sha256: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """"More like this": the stored vector of a catalogue item is the query (no image is
+        read or embedded again); the item itself and its exact copies are left out."""
+        vector_of = getattr(self.index, "vector_of", None)
+        if not callable(vector_of):
+            raise SearchError(f"the {self.index.name} index cannot return stored vectors")
+        vector = vector_of(sha256)
+        if vector is None:
+            raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
+        hits = self.search_vector(vector, k + 1, filters)
+        return [h for h in hits if h.item.sha256 != sha256][:k]
+
+    def facets(self) -> dict[str, list[str]]:
+        """Categories and tags of the catalogue (filter choices), cached per item count."""
+        count = self.index.count()
+        cached = getattr(self, "_facets", None)
+        if cached is None or cached[0] != count:
+            cached = (count, facets(self.index.items()))
+            self._facets = cached
+        return cached[1]
+
+    def keyword_filters(self, keyword: str) -> dict[str, Any]:
+        """Text on an image-only embedder is a keyword over the automatic tags: "shoe" →
+        items tagged Footwear or running shoe. SearchError when no tag matches."""
+        known = self.facets()["tags"]
+        tags = matching_tags(keyword, known)
+        if not tags:
+            hint = ", ".join(known[:12]) if known else "none yet (re-index with SEARCH_TAGS=true)"
+            raise SearchError(
+                f"no catalogue item is tagged “{keyword}” ({self.embedder.model_id} cannot read "
+                f"free text; tags in this catalogue: {hint})"
+            )
+        return {"tags": tags}
+
+    def search_keyword(
+        self, keyword: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """Items tagged with ``keyword``, the most typical first (closest to the mean vector
+        of all of them)."""
+        wanted = {**(filters or {}), **self.keyword_filters(keyword)}
+        vector_of = getattr(self.index, "vector_of", None)
+        if not callable(vector_of):
+            raise SearchError(f"keyword search needs stored vectors ({self.index.name} index)")
+        vectors = [
+            v
+            for v in (vector_of(i.sha256) for i in self.index.items() if matches(i, wanted))
+            if v is not None
+        ]
+        if not vectors:
+            return []
+        centroid = np.mean(vectors, axis=0)
+        return self.search_vector(centroid / max(float(np.linalg.norm(centroid)), 1e-12), k, wanted)
 
     def search(
         self,
@@ -217,6 +287,12 @@ class SearchPipeline:
         text: str | None = None,
         filters: dict[str, Any] | None = None,
     ) -> list[SearchHit]:
+        text = self.check_text(text)
+        if text is not None and not self.embedder.supports_text:
+            if analyzed is None:
+                return self.search_keyword(text, k, filters)
+            filters = {**(filters or {}), **self.keyword_filters(text)}
+            text = None  # the keyword narrows the image search to its tags
         return self.search_vector(self.query_vector(analyzed, choice, text), k, filters)
 
     def search_bytes(
@@ -230,8 +306,9 @@ class SearchPipeline:
         # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
         preferred = int(getattr(self.embedder, "preferred_batch_size", 0) or 0)
         return Indexer(
-            self.embedder,
-            self.index,
+            tagger=Tagger(self.detector, self.embedder) if self.settings.tags else None,
+            embedder=self.embedder,
+            index=self.index,
             batch_size=max(self.settings.batch_size, preferred),
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,

@@ -39,7 +39,7 @@ from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.types import ItemMeta, SearchHit
 
 VECTOR_FIELD = "vector"
-KEYWORD_FIELDS = ("uri", "sha256", "label", "model")
+KEYWORD_FIELDS = ("uri", "sha256", "label", "model", "category", "tags")
 INTEGER_FIELDS = ("dimension", "width", "height")
 AUTH_MODES = ("auto", "sigv4-aoss", "sigv4-es", "basic", "none")
 BULK_DOCS = 200
@@ -541,6 +541,9 @@ def _document(row: np.ndarray, item: ItemMeta, model_id: str, dimension: int) ->
         "height": int(item.height),
         "size_bytes": int(item.size_bytes),
         "extra": dict(item.extra),
+        # filterable copies (extra itself is not indexed): see search_core.filters
+        "category": str(item.extra.get("category", "")),
+        "tags": list(item.extra.get("tags", [])),
     }
 
 
@@ -556,7 +559,9 @@ def _filter_clause(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     for field, value in filters.items():
         if value is None:
             continue
-        if isinstance(value, list | tuple | set | frozenset):
+        if field == "source_prefix":  # search_core.filters: the URI starts with it
+            terms.append({"prefix": {"uri": str(value)}})
+        elif isinstance(value, list | tuple | set | frozenset):
             terms.append({"terms": {field: list(value)}})
         else:
             terms.append({"term": {field: value}})
