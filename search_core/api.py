@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from pathlib import PurePosixPath
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
@@ -44,7 +43,7 @@ from search_core.errors import (
 )
 from search_core.filters import parse_filters
 from search_core.pipeline import AUTO, WHOLE, AnalyzedImage, SearchPipeline, auto_choice
-from search_core.tags import item_category, item_tags
+from search_core.tags import item_category, item_tags, product_name
 from search_core.types import Box, SearchHit
 
 Auth = list[tuple[str, str]]
@@ -136,19 +135,6 @@ def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
         width, height = analyzed.image.size
         x, y, w, h = x / width, y / height, w / width, h / height
     return Box(x, y, w, h).clamped()
-
-
-def product_name(label: str, uri: str) -> str:
-    """A person's name for a catalogue item: its class folder, else its file name."""
-    name = label or PurePosixPath(uri.replace("\\", "/")).stem
-    return name.replace("-", " ").replace("_", " ").strip() or uri
-
-
-def short_source(uri: str, parts: int = 2) -> str:
-    """The last folder and the file name: enough to recognise a file, short enough to read."""
-    path = PurePosixPath(uri.replace("\\", "/"))
-    tail = path.parts[-parts:]
-    return ("…/" if len(path.parts) > parts else "") + "/".join(tail)
 
 
 def hit_json(hit: SearchHit, thumbnail: Callable[[str], str]) -> dict[str, Any]:

@@ -49,9 +49,7 @@ def matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
             if not item.uri.startswith(str(wanted)):
                 return False
             continue
-        value = (
-            getattr(item, key) if key in ItemMeta.__dataclass_fields__ else item.extra.get(key)
-        )
+        value = getattr(item, key) if key in ItemMeta.__dataclass_fields__ else item.extra.get(key)
         allowed = set(wanted) if isinstance(wanted, list | tuple | set | frozenset) else {wanted}
         present = set(value) if isinstance(value, list | tuple) else {value}
         if not allowed & present:

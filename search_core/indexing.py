@@ -66,6 +66,8 @@ class IndexReport:
     replaced: int = 0
     pruned: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: (uri, sha256) of files skipped because that content is already indexed
+    duplicate_files: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
     error: str = ""
     seconds: float = 0.0
@@ -92,6 +94,9 @@ class IndexReport:
             "pruned": self.pruned,
             "failed": self.failed,
             "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failures],
+            "duplicate_files": [
+                {"uri": uri, "sha256": sha} for uri, sha in self.duplicate_files[:100]
+            ],
             "stopped": self.stopped,
             "error": self.error,
             "seconds": round(self.seconds, 3),
@@ -379,6 +384,7 @@ class Indexer:
                         continue
                     if sha in seen or sha in known:
                         report.duplicates += 1
+                        report.duplicate_files.append((prepared.entry.uri, sha))
                         if previous is not None:  # its old content is gone from the source
                             report.replaced += self.index.delete([previous.sha256])
                         report.done += 1

@@ -163,8 +163,19 @@ def facets(items: Iterable[ItemMeta], limit: int = 200) -> dict[str, list[str]]:
             tags[tag] = tags.get(tag, 0) + 1
 
     def ranked(counts: dict[str, int]) -> list[str]:
-        return [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][
-            :limit
-        ]
+        return [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]
 
     return {"category": sorted(ranked(categories)), "tags": ranked(tags)}
+
+
+def product_name(label: str, uri: str) -> str:
+    """A person's name for a catalogue item: its class folder, else its file name."""
+    name = label or PurePosixPath(uri.replace("\\", "/")).stem
+    return name.replace("-", " ").replace("_", " ").strip() or uri
+
+
+def short_source(uri: str, parts: int = 2) -> str:
+    """The last folder and the file name: enough to recognise a file, short enough to read."""
+    path = PurePosixPath(uri.replace("\\", "/"))
+    tail = path.parts[-parts:]
+    return ("…/" if len(path.parts) > parts else "") + "/".join(tail)
