@@ -132,29 +132,38 @@ def _drawn(analyzed: AnalyzedImage, choice: str, box_text: str | None) -> str:
     return image_file(draw_detections(analyzed.image, analyzed.detections, selected, region))
 
 
-def on_image(path: str | None) -> tuple[Any, Any, str, bool, str, str]:
-    """New query image: detect objects, draw them, preselect the likeliest one.
-
-    Returns whether the analysis worked, so the search chained after it runs only then (the
-    error is shown once, here, instead of a second toast from the search)."""
+def analyze(path: str | None) -> tuple[Any, Any, str]:
+    """New query image: detect objects, draw them, preselect the likeliest one (the public
+    ``/analyze`` endpoint; the page uses :func:`on_image`)."""
     if not path:
-        return None, gr.update(choices=_choices(None), value=WHOLE), "", False, "", ""
+        return None, gr.update(choices=_choices(None), value=WHOLE), ""
     try:
         analyzed = _analyze(path)
     except SearchError as exc:
         gr.Warning(str(exc))
-        return None, gr.update(choices=_choices(None), value=WHOLE), f"⚠️ {exc}", False, "", ""
+        return None, gr.update(choices=_choices(None), value=WHOLE), f"⚠️ {exc}"
     assert analyzed is not None
     preselected = auto_choice(analyzed.detections)
     value = WHOLE if preselected is None else str(preselected)
+    found = len(analyzed.detections)
+    status = (
+        f"{found} object(s) found; searching with **{_label(analyzed, value)}**."
+        if found
+        else "No objects detected: searching with the whole image (or drag a box on it)."
+    )
     return (
         _drawn(analyzed, value, None),
         gr.update(choices=_choices(analyzed), value=value),
-        "Searching…",
-        True,
-        "",  # a new photo forgets the previous manual box
-        "",  # ... and the "more like this" item
+        status,
     )
+
+
+def on_image(path: str | None) -> tuple[Any, Any, str, bool, str, str]:
+    """:func:`analyze`, plus whether it worked, so the search chained after it runs only then
+    (the error is shown once, here, not a second time by the search), and the manual box and
+    "more like this" item of the previous photo forgotten."""
+    drawn, dropdown, status = analyze(path)
+    return drawn, dropdown, status, drawn is not None, "", ""
 
 
 def on_photo_click(path: str | None, evt: gr.SelectData) -> tuple[Any, Any, str]:
@@ -270,7 +279,7 @@ def _search_view(
     what = ""
     if analyzed is not None:
         if choice == MANUAL and _parse_box(box_text) is not None:
-            what = " for **your box**"
+            what = " for **your manual crop**"
         else:
             what = f" for **{_label(analyzed, choice)}**"
     if text:
@@ -312,6 +321,23 @@ def run_search(
     source: str | None,
 ) -> tuple[Any, str, list[dict[str, Any]], Any]:
     return _search_view(path, choice, box_text, k, text, category, tags, source, toast=True)
+
+
+def search(
+    path: str | None,
+    choice: str,
+    k: float,
+    text: str,
+    left: float,
+    top: float,
+    right: float,
+    bottom: float,
+) -> tuple[Any, str]:
+    """The public ``/search`` endpoint (scripts, bench/load.py): a manual crop is given in
+    percent of the image by ``left, top, right, bottom``."""
+    box = f"{left / 100},{top / 100},{right / 100},{bottom / 100}"
+    gallery, status, _, _ = _search_view(path, choice, box, k, text, None, None, None, toast=True)
+    return gallery, status
 
 
 def search_after_upload(
@@ -686,7 +712,7 @@ def build_demo() -> gr.Blocks:
                 on_image,
                 [image],
                 [detections, choice, status, photo_ok, box_text, like_item],
-                api_name="analyze",
+                api_visibility="private",
                 concurrency_id="search",
             ).then(
                 search_after_upload,
@@ -696,7 +722,7 @@ def build_demo() -> gr.Blocks:
                 concurrency_id="search",
             )
             search_button.click(
-                run_search, query, shown, api_name="search", concurrency_id="search"
+                run_search, query, shown, api_visibility="private", concurrency_id="search"
             ).then(lambda: "", None, like_item, api_visibility="private")
             detections.select(
                 on_photo_click,
@@ -753,6 +779,29 @@ def build_demo() -> gr.Blocks:
                 concurrency_id="search",
             ).then(lambda i: i, item_id, like_item, api_visibility="private")
             close.click(close_detail, None, detail, api_visibility="private")
+            # The public endpoints of earlier versions, unchanged for scripts and bench/load.py
+            # (hidden buttons: their inputs differ from the page's controls).
+            with gr.Row(visible="hidden"):
+                crop = [
+                    gr.Number(value=v, visible="hidden", elem_id=f"crop-{name}")
+                    for name, v in (("left", 0), ("top", 0), ("right", 100), ("bottom", 100))
+                ]
+                api_analyze = gr.Button(visible="hidden", elem_id="api-analyze")
+                api_search = gr.Button(visible="hidden", elem_id="api-search")
+            api_analyze.click(
+                analyze,
+                [image],
+                [detections, choice, status],
+                api_name="analyze",
+                concurrency_id="search",
+            )
+            api_search.click(
+                search,
+                [image, choice, k, text, *crop],
+                [gallery, status],
+                api_name="search",
+                concurrency_id="search",
+            )
         with gr.Tab("Index", id="index-tab", elem_id="index-tab"):
             default_source = str(pipeline.settings.sample_catalogue or "")
             with gr.Row():

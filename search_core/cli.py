@@ -104,6 +104,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = report.to_dict()
     if not args.verbose:
         summary.pop("failures")
+    if report.indexed and not report.error:
+        # Near-duplicates (re-encoded or resized copies) crowd result lists: name them.
+        pairs = pipeline.near_duplicate_pairs()
+        for first, second, score in pairs[:20]:
+            print(f"near-duplicate: {first} ~ {second} ({score:.3f})", file=sys.stderr)
+        summary["near_duplicates"] = len(pairs)
+        summary["near_duplicate_pairs"] = [
+            {"a": first, "b": second, "cosine": round(score, 4)}
+            for first, second, score in pairs[:20]
+        ]
     if estimate:
         summary["cost_estimate"] = estimate
     print(
@@ -146,7 +156,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     analyzed = pipeline.analyze(path.read_bytes())
     for number, detection in enumerate(analyzed.detections, start=1):
         print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)
-    hits = pipeline.search(analyzed, args.object, k=args.k, text=args.text)
+    from search_core.filters import parse_filters
+
+    filters = parse_filters(args.filter or [])
+    hits = pipeline.search(analyzed, args.object, k=args.k, text=args.text, filters=filters or None)
     for rank, hit in enumerate(hits, start=1):
         print(f"{rank:3d}  {hit.score:.4f}  {hit.uri}")
     _print_json(
@@ -160,7 +173,14 @@ def cmd_search(args: argparse.Namespace) -> int:
                 for d in analyzed.detections
             ],
             "results": [
-                {"uri": h.uri, "score": round(h.score, 6), "label": h.item.label} for h in hits
+                {
+                    "uri": h.uri,
+                    "score": round(h.score, 6),
+                    "label": h.item.label,
+                    "tags": h.item.extra.get("tags", []),
+                    "similar": [s.uri for s in h.similar],
+                }
+                for h in hits
             ],
         }
     )
@@ -230,7 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--object", default="auto", help="auto | whole | N (1-based object number)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--text", default=None, help="text to combine (embedders with text support)")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="text to combine (CLIP/Titan); a tag keyword with EfficientNet (e.g. banana)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="category=, label=, tag= (repeat: any of) or source= (URI prefix); repeatable",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("stats", help="index statistics")

@@ -106,8 +106,9 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     (
         "SEARCH_NEAR_DUPLICATE",
-        "0.93",
-        "Cosine above which a result collapses into a higher one (\"+N similar\"); 0 disables.",
+        "0.90",
+        'Cosine from which a result folds into a higher one ("+N similar"); calibrated by '
+        "bench/near_duplicates.py for EfficientNet-Lite0; 0 disables.",
     ),
     (
         "SEARCH_CLIP_MODEL",
@@ -124,7 +125,11 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     ("TITAN_EMBEDDING_LENGTH", "1024", "Titan outputEmbeddingLength: 256, 384 or 1024."),
     ("TITAN_MAX_CONCURRENCY", "8", "Parallel Bedrock calls while indexing."),
-    ("AWS_RETRY_MODE", "(adaptive; standard for Bedrock)", "botocore retry mode for every AWS client; by default Bedrock's bulk calls use `standard` (see search_core/aws/clients.py)."),
+    (
+        "AWS_RETRY_MODE",
+        "(adaptive; standard for Bedrock)",
+        "botocore retry mode for every AWS client; by default Bedrock's bulk calls use `standard` (see search_core/aws/clients.py).",
+    ),
     ("AWS_MAX_ATTEMPTS", "8", "Total attempts per AWS call, first try included."),
     ("OPENSEARCH_ENDPOINT", "", "OpenSearch URL, e.g. https://xxxx.us-east-1.aoss.amazonaws.com."),
     ("OPENSEARCH_INDEX", "visual-search", "Index name."),
@@ -169,7 +174,7 @@ class Settings:
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
     tags: bool = True
-    near_duplicate: float = 0.93
+    near_duplicate: float = 0.90
     clip_model: str = "openai/clip-vit-base-patch32"
     aws_region: str = "us-east-1"
     rekognition_max_labels: int = 50
@@ -210,7 +215,7 @@ class Settings:
                 _env("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"))
             ),
             tags=_env_bool("SEARCH_TAGS", True),
-            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.93),
+            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.90),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
             rekognition_max_labels=_env_int("REKOGNITION_MAX_LABELS", 50),

@@ -540,4 +540,3 @@ def _exact_top_k(
     top = np.argpartition(-scores, k - 1)[:k]
     order = top[np.argsort(-scores[top], kind="stable")]
     return order, scores[order]
-

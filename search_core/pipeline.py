@@ -17,7 +17,7 @@ from PIL import Image
 
 from search_core.config import Settings
 from search_core.crop import crop
-from search_core.duplicates import collapse_near_duplicates
+from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
 from search_core.errors import ImageError, ItemNotFoundError, SearchError
 from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
@@ -226,7 +226,7 @@ class SearchPipeline:
     def search_by_item(
         self, sha256: str, k: int = 10, filters: dict[str, Any] | None = None
     ) -> list[SearchHit]:
-        """"More like this": the stored vector of a catalogue item is the query (no image is
+        """More like this: the stored vector of a catalogue item is the query (no image is
         read or embedded again); the item itself and its exact copies are left out."""
         vector_of = getattr(self.index, "vector_of", None)
         if not callable(vector_of):
@@ -236,6 +236,26 @@ class SearchPipeline:
             raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
         hits = self.search_vector(vector, k + 1, filters)
         return [h for h in hits if h.item.sha256 != sha256][:k]
+
+    def near_duplicate_pairs(self, max_items: int = 20_000) -> list[tuple[str, str, float]]:
+        """(uri, uri, cosine) of catalogue items at or above the near-duplicate threshold,
+        most similar first; [] when the index keeps no vectors or is larger than
+        ``max_items`` (an all-pairs check is O(N²))."""
+        vector_of = getattr(self.index, "vector_of", None)
+        threshold = self.settings.near_duplicate
+        if not callable(vector_of) or threshold <= 0 or self.index.count() > max_items:
+            return []
+        items, vectors = [], []
+        for item in self.index.items():
+            vector = vector_of(item.sha256)
+            if vector is not None:
+                items.append(item)
+                vectors.append(vector)
+        if len(items) < 2:
+            return []
+        pairs = near_duplicate_pairs(np.stack(vectors), threshold)
+        pairs.sort(key=lambda p: -p[2])
+        return [(items[i].uri, items[j].uri, score) for i, j, score in pairs]
 
     def facets(self) -> dict[str, list[str]]:
         """Categories and tags of the catalogue (filter choices), cached per item count."""
@@ -254,8 +274,9 @@ class SearchPipeline:
         if not tags:
             hint = ", ".join(known[:12]) if known else "none yet (re-index with SEARCH_TAGS=true)"
             raise SearchError(
-                f"no catalogue item is tagged “{keyword}” ({self.embedder.model_id} cannot read "
-                f"free text; tags in this catalogue: {hint})"
+                f"no catalogue item is tagged “{keyword}”; tags in this catalogue: {hint}. "
+                f"{self.embedder.model_id} cannot read free text: for that, set "
+                "SEARCH_EMBEDDER=clip or titan"
             )
         return {"tags": tags}
 

@@ -122,8 +122,12 @@ class Tagger:
                 meta.extra["tags"] = _unique([*item_tags(meta), *tags])
 
 
+#: words a shopper adds that no tag carries
+STOPWORDS = frozenset({"a", "an", "the", "of", "with", "in", "for", "and", "some"})
+
+
 def _words(text: str) -> list[str]:
-    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w and w not in STOPWORDS]
 
 
 def _singular(word: str) -> str:
