@@ -6,6 +6,7 @@ switches between detected objects only pays for crop + embed + search.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -234,8 +235,13 @@ class SearchPipeline:
         vector = vector_of(sha256)
         if vector is None:
             raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
-        hits = self.search_vector(vector, k + 1, filters)
-        return [h for h in hits if h.item.sha256 != sha256][:k]
+        hits: list[SearchHit] = []
+        for hit in self.search_vector(vector, k + 1, filters):
+            if hit.item.sha256 != sha256:
+                hits.append(hit)
+            elif hit.similar:  # the item's own copies stay visible, as one result
+                hits.append(dataclasses.replace(hit.similar[0], similar=hit.similar[1:]))
+        return hits[:k]
 
     def near_duplicate_pairs(self, max_items: int = 20_000) -> list[tuple[str, str, float]]:
         """(uri, uri, cosine) of catalogue items at or above the near-duplicate threshold,
