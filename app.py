@@ -166,13 +166,16 @@ def on_image(path: str | None) -> tuple[Any, Any, str, bool, str, str]:
     return drawn, dropdown, status, drawn is not None, "", ""
 
 
-def on_photo_click(path: str | None, evt: gr.SelectData) -> tuple[Any, Any, str]:
-    """A click on the photo picks the smallest detected box under it (whole image if none)."""
+def on_photo_click(path: str | None, point: str) -> tuple[Any, Any, str]:
+    """A click on the photo ("x,y" fractions from the page script) picks the smallest detected
+    box under it, or the whole image when it hits none."""
     analyzed = _analyze(path)
-    if analyzed is None or not isinstance(evt.index, list | tuple) or len(evt.index) < 2:
+    try:
+        x, y = (float(v) for v in (point or "").split(","))
+    except ValueError:
         return gr.skip(), gr.skip(), gr.skip()
-    x = float(evt.index[0]) / analyzed.image.width
-    y = float(evt.index[1]) / analyzed.image.height
+    if analyzed is None:
+        return gr.skip(), gr.skip(), gr.skip()
     number = object_at(analyzed.detections, x, y)
     value = WHOLE if number is None else str(number)
     return _drawn(analyzed, value, None), gr.update(value=value), ""
@@ -528,7 +531,8 @@ def reset_index(confirmed: bool) -> tuple[dict[str, Any], Any, str]:
 #: gr.mount_gradio_app, which replaces any css given to Blocks).
 CSS = """
 <style>
-#detections-image img { cursor: crosshair; user-select: none; -webkit-user-drag: none; }
+#detections-image img { cursor: crosshair; user-select: none; -webkit-user-drag: none;
+  object-fit: contain !important; }
 #results .caption-label { white-space: pre-line !important; overflow: visible !important;
   text-overflow: clip !important; line-height: 1.25; max-width: 100% !important;
   font-size: 0.8em; }
@@ -539,11 +543,12 @@ CSS = """
 </style>
 """
 
-#: Drag on the photo = a manual box. Gradio's image "select" event reports clicks only, so
-#: this page script turns a drag into "x0,y0,x1,y1" (fractions of the picture as shown,
-#: object-fit: contain) and clicks the hidden #apply-box button, whose event reads the box
-#: through BOX_JS (a value set on a hidden field from a script does not reach Gradio's
-#: state). The click that ends a drag is swallowed so it does not also select an object.
+#: Pointer on the photo. A click becomes "x,y" and a drag "x0,y0,x1,y1", as fractions of the
+#: picture as shown (object-fit: contain), handed to Python by clicking the hidden
+#: #apply-point / #apply-box buttons, whose events read them through POINT_JS / BOX_JS (a
+#: value set on a hidden field from a script does not reach Gradio's state). Why not
+#: gr.Image's select event: it reports clicks only, and with pixel coordinates that are off
+#: when the picture is letterboxed.
 DRAG_JS = """
 () => {
   if (window.__visualSearchDrag) return;
@@ -578,12 +583,18 @@ DRAG_JS = """
   document.addEventListener('pointerup', (e) => {
     if (!start) return;
     const s = start; start = null;
-    if (!rect) return;
-    rect.remove(); rect = null; swallow = true;
-    setTimeout(() => { swallow = false; }, 400);
     const p = shown(s.img);
     const fx = (x) => Math.min(Math.max((x - p.left) / p.w, 0), 1);
     const fy = (y) => Math.min(Math.max((y - p.top) / p.h, 0), 1);
+    if (!rect) {  // a click: the object under it
+      const point = [fx(e.clientX), fy(e.clientY)];
+      window.__visualSearchPoint = point.map((v) => v.toFixed(4)).join(',');
+      const pick = document.querySelector('#apply-point');
+      if (pick) pick.click();
+      return;
+    }
+    rect.remove(); rect = null; swallow = true;
+    setTimeout(() => { swallow = false; }, 400);
     const box = [fx(s.x), fy(s.y), fx(e.clientX), fy(e.clientY)].map((v) => v.toFixed(4));
     window.__visualSearchBox = box.join(',');
     const apply = document.querySelector('#apply-box');
@@ -595,8 +606,9 @@ DRAG_JS = """
 }
 """
 
-#: Replaces the [photo, box] inputs of the hidden button's event with the dragged box.
+#: Replace the [photo, box] inputs of the hidden buttons' events with what the pointer did.
 BOX_JS = "(path, box) => [path, window.__visualSearchBox || box]"
+POINT_JS = "(path, point) => [path, window.__visualSearchPoint || point]"
 
 
 def build_demo() -> gr.Blocks:
@@ -625,14 +637,23 @@ def build_demo() -> gr.Blocks:
                         elem_id="query-image",
                         height=200,
                     )
+                    gr.Markdown(
+                        "**Click an object** on the photo to search it · **drag** to draw "
+                        "your own box",
+                        elem_id="photo-hint",
+                    )
                     detections = gr.Image(
-                        label="Click an object to search it · drag to draw your own box",
+                        label="Detected objects",
+                        show_label=False,
                         interactive=False,
                         elem_id="detections-image",
                         height=420,
                         buttons=["fullscreen"],
                     )
                     box_text = gr.Textbox(visible="hidden", elem_id="crop-box")
+                    apply_point = gr.Button(
+                        "Pick the clicked object", visible="hidden", elem_id="apply-point"
+                    )
                     apply_box = gr.Button(
                         "Use the dragged box", visible="hidden", elem_id="apply-box"
                     )
@@ -724,10 +745,11 @@ def build_demo() -> gr.Blocks:
             search_button.click(
                 run_search, query, shown, api_visibility="private", concurrency_id="search"
             ).then(lambda: "", None, like_item, api_visibility="private")
-            detections.select(
+            apply_point.click(
                 on_photo_click,
-                [image],
+                [image, box_text],
                 [detections, choice, like_item],
+                js=POINT_JS,
                 api_visibility="private",
                 concurrency_id="search",
             ).then(run_search, query, shown, api_visibility="private", concurrency_id="search")

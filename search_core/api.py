@@ -29,6 +29,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -227,10 +228,21 @@ def create_api(
         version="1",
         description="Search a catalogue by image (and text or keyword), continue from any "
         "result, and read index statistics. Errors are JSON {error, status}.",
-        docs_url="/docs",
+        docs_url=None,  # served below, behind the same auth as everything else
         redoc_url=None,
+        openapi_url=None,
         dependencies=[Depends(basic_auth(auth))],
     )
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request) -> dict[str, Any]:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return {**api.openapi(), "servers": [{"url": root or "/"}]}
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=api.title)
 
     @api.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -99,7 +99,7 @@ def test_labels_never_cover_each_other() -> None:
     sizes = [(50, 14)] * len(boxes)
     placed = place_labels(boxes, sizes, 320, 320)
     for n, a in enumerate(placed):
-        assert 0 <= a[0] and a[2] <= 320 and 0 <= a[1] and a[3] <= 320
+        assert a[0] >= 0 and a[2] <= 320 and a[1] >= 0 and a[3] <= 320
         for b in placed[n + 1 :]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
 
