@@ -506,7 +506,11 @@ def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], di
     except SearchError as exc:  # outside the roots, bad S3 URI, a job already running
         gr.Warning(str(exc))
         # Not the previous job's (green) bar: nothing was started.
-        refused = f"<div id='index-progress-text'>Not started: {html.escape(str(exc))}</div>"
+        refused = (
+            _progress_html(None)
+            if pipeline.jobs.latest() is None
+            else "<div id='index-progress-text'>Not started (see below).</div>"
+        )
         return refused, f"⚠️ {exc}", [], pipeline.stats(), gr.update(active=False)
     return _job_view()
 

@@ -195,6 +195,7 @@ def test_upload_errors_show_once_and_the_index_tab_is_honest(app: AppProcess,
             page.locator("#index-start").click()
             progress = page.locator("#index-progress")
             _until(lambda: "Not started" in progress.inner_text(), "refusal shown")
+            assert "outside the allowed folders" in page.locator("#index-counts").inner_text()
             assert page.locator("#index-progress progress").count() == 0
             page.screenshot(path=str(shots / "9-refused-folder.png"))
         finally:
