@@ -221,9 +221,8 @@ def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dic
         if preview is None:
             continue
         name = product_name(hit.item.label, hit.uri)
-        caption = f"{name} · {_percent(hit.score)}\n{short_source(hit.uri)}"
-        if hit.similar:
-            caption += f" · +{len(hit.similar)} similar"
+        badge = f" · +{len(hit.similar)} similar" if hit.similar else ""
+        caption = f"{name} · {_percent(hit.score)}{badge}\n{short_source(hit.uri)}"
         gallery.append((preview, caption))
         rows.append(
             {

@@ -323,7 +323,7 @@ def test_app_finds_each_awkward_image_itself(
         assert gallery, (case.name, status)
         caption = gallery[0]["caption"]
         # "name · score %\n…/folder/file": the very file, at 100 %
-        assert " · 100 %\n" in caption and caption.endswith(f"{folder.name}/{case.name}"), (
+        assert " · 100 %" in caption and caption.endswith(f"{folder.name}/{case.name}"), (
             case.name, caption)
 
 
