@@ -66,6 +66,9 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
         for photo in sorted(next(grocery.glob(f"train/**/{name}")).glob("*.jpg"))[:6]:
             shutil.copy(photo, catalogue / name / photo.name)
     (catalogue / "Lemon" / "page.jpg").write_text("<html>not an image</html>")
+    (catalogue / "Lemon" / "notes.txt").write_text("a note, skipped quietly")
+    first_banana = sorted((catalogue / "Banana").glob("*.jpg"))[0]
+    shutil.copy(first_banana, catalogue / "Banana" / "again.jpg")
 
     # Empty index: a search says what to do instead of failing.
     query = scenes / "grocery_Banana.jpg"
@@ -78,6 +81,10 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     progress, counts, failures, stats, _ = _poll_job(client)
     assert "finished" in progress
     assert "**Indexed** 18" in counts
+    # The counts agree with the failure list, and the skipped duplicate is named.
+    assert "**other files skipped** 1" in counts and "**failed** 1 (1 not an image)" in counts
+    assert "**Skipped as duplicate:**" in counts and "again.jpg" in counts, counts
+    assert f"same content as `{first_banana}`" in counts, counts
     assert [row[1] for row in failures["data"]] == ["not an image: an HTML page"]
     stats = _json(stats)
     assert stats["count"] == 18 and stats["embedder"] == "efficientnet-lite0"

@@ -234,3 +234,43 @@ def test_local_index_returns_stored_vectors(tmp_path: Path) -> None:
     assert np.array_equal(index.vector_of(_item(2).sha256), vectors[2])
     assert index.vector_of("f" * 64) is None
     assert index.item_of(_item(1).sha256).uri == _item(1).uri
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_index_reports_near_duplicates_and_search_filters(tmp_path: Path) -> None:
+    """``index`` names near-duplicate pairs; ``search --filter`` narrows (real subprocesses)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    grocery = Path(__file__).resolve().parents[1] / "samples" / "catalogue"
+    root = tmp_path / "shop"
+    for kind in ("Banana", "Lemon", "Lime"):
+        shutil.copytree(grocery / kind, root / kind)
+    photo = sorted((root / "Banana").glob("*_00*.jpg"))[0]
+    with Image.open(photo) as im:
+        im.resize((im.width // 2, im.height // 2)).save(root / "Banana" / "small.jpg", quality=85)
+    env = {**os.environ, "SEARCH_DATA_DIR": str(tmp_path / "data"),
+           "SEARCH_SAMPLE_CATALOGUE": "off", "SEARCH_FOLDER_ROOTS": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "search_core", *args], env=env,
+                              capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+
+    run = cli("index", str(root))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    pair = {str(photo), str(root / "Banana" / "small.jpg")}
+    assert summary["near_duplicates"] >= 1
+    assert any({p["a"], p["b"]} == pair for p in summary["near_duplicate_pairs"]), summary
+    assert "near-duplicate: " in run.stderr and "small.jpg" in run.stderr
+    run = cli("search", str(photo), "--k", "5", "--filter", "category=Lime")
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.strip().splitlines()[-1])["results"]
+    assert results and all("/Lime/" in r["uri"] for r in results)
+    run = cli("search", str(photo), "--filter", "colour=red")
+    assert run.returncode == 2 and "unknown filter 'colour'" in run.stderr
