@@ -185,6 +185,14 @@ def test_upload_errors_show_once_and_the_index_tab_is_honest(app: AppProcess,
             assert toasts.count() == 1, toasts.all_inner_texts()
             assert "(2)" not in page.locator("body").inner_text()
             # Empty search: no image, no keyword -> says what to do (a keyword box exists).
+            # A photo without objects: the search status keeps saying so.
+            plain = tmp_path / "plain.png"
+            from PIL import Image
+
+            Image.new("RGB", (320, 240), (90, 140, 200)).save(plain)
+            page.locator("#query-image input[type=file]").set_input_files(str(plain))
+            _until(lambda: "Top" in status.inner_text(), "search of a plain photo")
+            assert "No objects detected" in status.inner_text(), status.inner_text()
             page.reload(wait_until="domcontentloaded")
             page.locator("#search-button").click()
             _until(lambda: "Upload a photo or type a keyword" in status.inner_text(), "hint")
