@@ -129,6 +129,7 @@ class SearchPipeline:
         self._cache: OrderedDict[str, AnalyzedImage] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
+        self._facets: tuple[int, dict[str, list[str]]] | None = None  # (count, facets)
 
     # -- analysis ------------------------------------------------------------------------------
 
@@ -228,7 +229,8 @@ class SearchPipeline:
         self, sha256: str, k: int = 10, filters: dict[str, Any] | None = None
     ) -> list[SearchHit]:
         """More like this: the stored vector of a catalogue item is the query (no image is
-        read or embedded again); the item itself and its exact copies are left out."""
+        read or embedded again). The item itself is left out; its near-duplicates stay, as
+        one result."""
         vector_of = getattr(self.index, "vector_of", None)
         if not callable(vector_of):
             raise SearchError(f"the {self.index.name} index cannot return stored vectors")
@@ -266,7 +268,7 @@ class SearchPipeline:
     def facets(self) -> dict[str, list[str]]:
         """Categories and tags of the catalogue (filter choices), cached per item count."""
         count = self.index.count()
-        cached = getattr(self, "_facets", None)
+        cached = self._facets
         if cached is None or cached[0] != count:
             cached = (count, facets(self.index.items()))
             self._facets = cached
