@@ -266,8 +266,7 @@ def create_api(
         return lambda sha: str(request.url_for("thumbnail", item_id=sha))
 
     def filters_of(values: list[str]) -> dict[str, Any]:
-        parts = [p for v in values for p in v.split("&") if p.strip()]
-        return parse_filters(parts)
+        return parse_filters(v for v in values if v.strip())
 
     @api.post("/search", summary="Search with an image (and/or text)")
     async def search(
