@@ -282,6 +282,8 @@ def _search_view(
     if analyzed is not None:
         if choice == MANUAL and _parse_box(box_text) is not None:
             what = " for **your manual crop**"
+        elif choice == MANUAL:
+            what = " for **Whole image** (drag on the photo to draw your box)"
         else:
             what = f" for **{_label(analyzed, choice)}**"
     if text:
