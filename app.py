@@ -214,7 +214,9 @@ def _percent(score: float) -> str:
 
 
 def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
-    """Gallery items (thumbnail, caption) and, in the same order, what the detail view shows."""
+    """Gallery items (thumbnail, caption) and, in the same order, the ids and scores the
+    detail view needs. Only ids travel through the page: the detail view reads everything
+    else from the index again, so an edited page can show nothing but catalogue items."""
     gallery, rows = [], []
     for hit in hits:
         preview = preview_file(hit.uri, hit.item.sha256)
@@ -227,17 +229,8 @@ def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dic
         rows.append(
             {
                 "id": hit.item.sha256,
-                "uri": hit.uri,
-                "name": name,
                 "score": hit.score,
-                "label": hit.item.label,
-                "category": item_category(hit.item),
-                "tags": item_tags(hit.item),
-                "width": hit.item.width,
-                "height": hit.item.height,
-                "size_bytes": hit.item.size_bytes,
-                "similar": [(s.uri, s.score) for s in hit.similar],
-                "preview": preview,
+                "similar": [[s.item.sha256, s.score] for s in hit.similar],
             }
         )
     return gallery, rows
@@ -402,24 +395,32 @@ def more_like_this(
     return gallery, _summary(len(gallery), what, filters), rows, gr.update(visible=False)
 
 
-def open_result(rows: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Any, Any, str, str]:
+def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
     """A click on a result opens its detail view: full source, size, labels, tags."""
-    index = evt.index if isinstance(evt.index, int) else 0
-    if not rows or not 0 <= index < len(rows):
+    index = evt.index if isinstance(evt.index, int) else -1
+    if not isinstance(rows, list) or not 0 <= index < len(rows):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     row = rows[index]
+    pipeline = get_pipeline()
+    item = pipeline.item(str(row.get("id", "")))
+    preview = None if item is None else preview_file(item.uri, item.sha256)
+    if item is None or preview is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    score = float(row.get("score", 0.0))
     lines = [
-        f"### {html.escape(row['name'])} · {_percent(row['score'])} match",
-        f"**Source:** `{row['uri']}`",
-        f"**Size:** {row['width']} × {row['height']} px · {row['size_bytes'] / 1024:.0f} KB",
-        f"**Label:** {html.escape(row['label'] or '—')} · **Category:** "
-        f"{html.escape(row['category'] or '—')}",
-        f"**Tags:** {html.escape(', '.join(row['tags']) or '—')}",
+        f"### {html.escape(product_name(item.label, item.uri))} · {_percent(score)} match",
+        f"**Source:** `{item.uri}`",
+        f"**Size:** {item.width} × {item.height} px · {item.size_bytes / 1024:.0f} KB",
+        f"**Label:** {html.escape(item.label or '—')} · **Category:** "
+        f"{html.escape(item_category(item) or '—')}",
+        f"**Tags:** {html.escape(', '.join(item_tags(item)) or '—')}",
     ]
-    if row["similar"]:
-        lines.append(f"**+{len(row['similar'])} near-duplicate(s) folded in:**")
-        lines += [f"- `{uri}` · {_percent(score)}" for uri, score in row["similar"]]
-    return gr.update(visible=True), row["preview"], "\n\n".join(lines), row["id"]
+    similar = [(pipeline.item(str(sha)), float(s)) for sha, s in row.get("similar", [])]
+    similar = [(other, s) for other, s in similar if other is not None]
+    if similar:
+        lines.append(f"**+{len(similar)} near-duplicate(s) folded in:**")
+        lines += [f"- `{other.uri}` · {_percent(s)}" for other, s in similar]
+    return gr.update(visible=True), preview, "\n\n".join(lines), item.sha256
 
 
 def close_detail() -> Any:
@@ -629,10 +630,12 @@ def build_demo() -> gr.Blocks:
             "*More like this*."
         )
         with gr.Tab("Search", id="search-tab", elem_id="search-tab"):
-            photo_ok = gr.State(False)
-            rows = gr.State([])
-            item_id = gr.State("")  # the result open in the detail view
-            like_item = gr.State("")  # "more like this" on screen: filters redo it
+            # Hidden fields, not gr.State: any State makes Gradio hold a heartbeat stream
+            # open per client, which a SIGTERM then has to cut (and log) after the grace time.
+            photo_ok = gr.Checkbox(False, visible="hidden", elem_id="photo-ok")
+            rows = gr.JSON([], visible="hidden", elem_id="result-ids")
+            item_id = gr.Textbox("", visible="hidden", elem_id="detail-id")  # open in detail
+            like_item = gr.Textbox("", visible="hidden", elem_id="like-id")  # filters redo it
             with gr.Row():
                 with gr.Column(scale=2):
                     image = QueryImage(
