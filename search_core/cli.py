@@ -23,6 +23,26 @@ from search_core.config import Settings
 from search_core.errors import SearchError
 
 EXIT_ERROR = 2
+MAX_K = 100
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit 2, like every other error (argparse
+    would print the usage block first)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _k_value(text: str) -> int:
+    """``--k``: 1..MAX_K; anything else is an error, never silently clamped."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_K:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_K}, got {value}")
+    return value
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -118,8 +138,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         summary["cost_estimate"] = estimate
     print(
         f"indexed {report.indexed}, unchanged {report.unchanged}, duplicates {report.duplicates}, "
-        f"not images {report.not_images}, failed {report.failed}, pruned {report.pruned} "
-        f"of {report.total} in {report.seconds:.1f} s"
+        f"indexed by another run {report.by_other_run}, not images {report.not_images}, "
+        f"failed {report.failed}, pruned {report.pruned} of {report.total} "
+        f"in {report.seconds:.1f} s"
     )
     _print_json(summary)
     if report.error:
@@ -142,6 +163,36 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _searched_object(analyzed: Any, choice: str) -> tuple[str, dict[str, Any]]:
+    """The explicit choice to search (``auto`` resolved here, so the JSON can say what was
+    searched) and its description: kind, 1-based number, label, confidence, box."""
+    from search_core.pipeline import AUTO, WHOLE, auto_choice, parse_object
+
+    parsed = parse_object(choice)
+    kind = "auto" if parsed == AUTO else "whole" if parsed == WHOLE else "object"
+    if parsed == AUTO:
+        found = auto_choice(analyzed.detections)
+        parsed = WHOLE if found is None else found
+    if parsed == WHOLE:
+        return WHOLE, {"chosen_by": kind, "kind": "whole", "number": None, "label": None,
+                       "box": None}
+    assert isinstance(parsed, int)
+    if not 0 <= parsed < len(analyzed.detections):
+        raise SearchError(
+            f"object {parsed + 1} does not exist: {len(analyzed.detections)} object(s) "
+            "were detected"
+        )
+    detection = analyzed.detections[parsed]
+    return str(parsed + 1), {  # a string: the pipeline reads it as the 1-based number
+        "chosen_by": kind,
+        "kind": "object",
+        "number": parsed + 1,
+        "label": detection.label,
+        "confidence": round(detection.confidence, 2),
+        "box": dataclasses.asdict(detection.box),
+    }
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     path = Path(args.image)
     if not path.is_file():
@@ -153,13 +204,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_upload_size(path.stat().st_size, settings.max_upload_bytes)
     pipeline = _pipeline(settings)
     pipeline.check_text(args.text)  # fail before the analysis prints anything
-    analyzed = pipeline.analyze(path.read_bytes())
-    for number, detection in enumerate(analyzed.detections, start=1):
-        print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)
     from search_core.filters import parse_filters
 
     filters = parse_filters(args.filter or [])
-    hits = pipeline.search(analyzed, args.object, k=args.k, text=args.text, filters=filters or None)
+    analyzed = pipeline.analyze(path.read_bytes())
+    choice, searched = _searched_object(analyzed, args.object)
+    hits = pipeline.search(analyzed, choice, k=args.k, text=args.text, filters=filters or None)
+    # Printed only now: an error above stays the one line the contract promises.
+    for number, detection in enumerate(analyzed.detections, start=1):
+        print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)
+    if searched["kind"] == "whole":
+        print("searched: the whole image", file=sys.stderr)
+    else:
+        print(f"searched: object {searched['number']} ({searched['label']})", file=sys.stderr)
+    if not hits and pipeline.index.count() == 0:
+        print(
+            "the index is empty: add images first (python -m search_core index FOLDER)",
+            file=sys.stderr,
+        )
     for rank, hit in enumerate(hits, start=1):
         print(f"{rank:3d}  {hit.score:.4f}  {hit.uri}")
     _print_json(
@@ -172,6 +234,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 }
                 for d in analyzed.detections
             ],
+            "searched": searched,
             "results": [
                 {
                     "uri": h.uri,
@@ -195,6 +258,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     pipeline = _pipeline()
     before = pipeline.index.count()
+    if not args.yes:
+        # Everything goes and nothing brings it back but a full re-index: ask a person, and
+        # make a script say so explicitly.
+        if not sys.stdin.isatty():
+            raise SearchError("reset removes every item: add --yes to confirm in a script")
+        where = pipeline.stats().get("index") or pipeline.settings.data_dir
+        # the question goes to stderr: stdout stays the JSON contract
+        print(f"remove all {before} item(s) from {where}? [y/N] ", end="", file=sys.stderr,
+              flush=True)
+        answer = sys.stdin.readline()
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("nothing removed", file=sys.stderr)
+            _print_json({"removed": 0, "count": before})
+            return 1
     pipeline.index.reset()
     print(f"removed {before} item(s)", file=sys.stderr)
     _print_json({"removed": before, "count": pipeline.index.count()})
@@ -231,7 +308,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m search_core",
         description="Reverse image search on your own catalogue "
         "(SEARCH_DATA_DIR selects the data).",
@@ -249,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search with an image (and optionally a text)")
     p.add_argument("image")
     p.add_argument("--object", default="auto", help="auto | whole | N (1-based object number)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=_k_value, default=10, help=f"results, 1-{MAX_K}")
     p.add_argument(
         "--text",
         default=None,
@@ -267,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("reset", help="remove every item from the index")
-    p.add_argument("--yes", action="store_true", help="accepted for scripts; reset needs no prompt")
+    p.add_argument("--yes", action="store_true",
+                   help="do not ask (needed when not run on a terminal)")
     p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("eval", help="Recall@1/5/10 and mAP@10 by class (parent folder name)")

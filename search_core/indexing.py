@@ -1,9 +1,13 @@
 """Incremental, batched, resumable ingestion of an image source into a vector index.
 
-Reading, hashing, decoding and model preprocessing run in worker threads and overlap with model
-inference on the calling thread, so on a CPU machine the embedding model stays the bottleneck.
-Every batch is committed on its own: after a crash the next run skips what already landed
-(same URI and version, or same content hash), which makes a run resumable and idempotent.
+A run is five stages over one batch contract (:class:`Batch`): **plan** (list the source, keep
+files whose name is not indexed with the same version), **read/prepare** (read, hash, decode,
+preprocess in worker threads), **embed** (the model, on the calling thread), **commit** (contents
+then names, one transaction each) and **prune/finalize** (drop names under the source that left
+it; build the search graph). Preparation overlaps inference, so on a CPU machine the embedding
+model stays the bottleneck. Every batch is committed on its own: after a crash the next run
+skips what already landed (same name and version, or same content hash), which makes a run
+resumable and idempotent; any number of runs may write one index at once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from PIL import Image
 from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
 from search_core.interfaces import Embedder, ImageSource, VectorIndex
+from search_core.sources import uri_to_path
 from search_core.tags import Tagger
 from search_core.types import ItemMeta, SourceEntry
 
@@ -65,6 +70,9 @@ class IndexReport:
     not_images: int = 0
     replaced: int = 0
     pruned: int = 0
+    #: files whose content a concurrent run (another CLI, the app) stored first: counted, so
+    #: indexed + by_other_run + unchanged + duplicates + not_images + failed == total
+    by_other_run: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: (uri, sha256) of files skipped because that content is already indexed
     duplicate_files: list[tuple[str, str]] = field(default_factory=list)
@@ -92,6 +100,7 @@ class IndexReport:
             "not_images": self.not_images,
             "replaced": self.replaced,
             "pruned": self.pruned,
+            "by_other_run": self.by_other_run,
             "failed": self.failed,
             "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failures],
             "duplicate_files": [
@@ -106,16 +115,6 @@ class IndexReport:
 
 
 ProgressCallback = Callable[[IndexReport], None]
-
-
-@dataclass
-class _Prepared:
-    entry: SourceEntry
-    meta: ItemMeta | None = None
-    image: Image.Image | None = None
-    tensor: np.ndarray | None = None
-    skip: str = ""  # "not_image"
-    error: str = ""
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -168,6 +167,313 @@ def _first(output: Any) -> np.ndarray:
     return output[0] if isinstance(output, tuple) else output
 
 
+# -- the batch contract ---------------------------------------------------------------------------
+#
+# plan -> read/prepare -> (triage into a Batch) -> embed -> commit -> prune -> finalize.
+# Each stage is a small function or class that can be tested alone; ``Indexer.run`` only wires
+# them and keeps the report.
+
+
+@dataclass(eq=False)
+class Prepared:
+    """One listed file after the read/prepare stage: its metadata (with the content hash) and
+    the model input, or why it cannot be indexed."""
+
+    entry: SourceEntry
+    meta: ItemMeta | None = None
+    image: Image.Image | None = None
+    tensor: np.ndarray | None = None
+    skip: str = ""  # "not_image"
+    error: str = ""
+
+
+_Prepared = Prepared  # the former private name
+
+
+@dataclass
+class Plan:
+    """The plan stage's answer: what is listed, what must be read, what the index holds."""
+
+    entries: list[SourceEntry]
+    todo: list[SourceEntry]
+    existing: dict[str, ItemMeta]  # uri -> item, at planning time
+    known: set[str]  # content hashes stored at planning time
+    unchanged: int
+
+
+@dataclass
+class Batch:
+    """What one commit writes. ``embed``: new contents (need the model); ``link``: names whose
+    content is (believed) stored, with the counter they fall under (``unchanged`` for a touched
+    file, ``duplicates`` for a copy or rename, ``by_other_run`` for content a concurrent run
+    stored after our plan); ``stale``: names whose file is no longer an image."""
+
+    embed: list[Prepared] = field(default_factory=list)
+    link: list[tuple[Prepared, str]] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.embed) + len(self.link)
+
+
+def plan_run(
+    source: ImageSource, index: VectorIndex, shard: tuple[int, int] | None = None
+) -> Plan:
+    """Lists the source and keeps what must be read: a file whose name is indexed with the same
+    version (size, mtime, ctime and inode for folders; the ETag on S3) is unchanged."""
+    entries = [e for e in source.list() if in_shard(e.uri, shard)]
+    existing = {item.uri: item for item in index.items()}
+    known = {item.sha256 for item in existing.values()}
+    todo: list[SourceEntry] = []
+    unchanged = 0
+    for entry in entries:
+        old = existing.get(entry.uri)
+        if old is not None and entry.version and old.extra.get("version") == entry.version:
+            unchanged += 1
+        else:
+            todo.append(entry)
+    return Plan(entries, todo, existing, known, unchanged)
+
+
+class Reader:
+    """The read/prepare stage: reads, hashes, decodes and preprocesses files in worker threads,
+    in source order, with a bounded number in flight (bounded memory)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_bytes: int,
+        max_pixels: int,
+        max_side: int,
+        preprocess: Callable[[list[Image.Image]], np.ndarray] | None,
+        tagger: Tagger | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.tagger = tagger
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.preprocess = preprocess
+
+    def prepare(self, source: ImageSource, entry: SourceEntry) -> Prepared:
+        suffix = PurePosixPath(entry.uri).suffix.lower()
+        try:
+            if entry.size_bytes > self.max_bytes:
+                return Prepared(entry, error=f"file is too large ({entry.size_bytes:,} bytes)")
+            data = source.read(entry)
+            if len(data) > self.max_bytes:
+                return Prepared(entry, error=f"file is too large ({len(data):,} bytes)")
+            if not looks_like_image(data[:16]):
+                if suffix in IMAGE_SUFFIXES or not data:
+                    what = "the file is empty (0 bytes)" if not data else describe_non_image(data)
+                    return Prepared(entry, error=f"not an image: {what}")
+                return Prepared(entry, skip="not_image")
+            image = load_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
+            meta = ItemMeta(
+                uri=entry.uri,
+                sha256=sha256_hex(data),
+                label=label_from_uri(entry.uri),
+                width=image.width,
+                height=image.height,
+                size_bytes=len(data),
+                model=self.embedder.model_id,
+                dimension=self.embedder.dimension,
+                extra={"version": entry.version, "source": getattr(source, "uri", "")},
+            )
+            if self.tagger is not None:  # category and detector tags (search_core.tags)
+                meta.extra.update(self.tagger.describe(entry.uri, meta.extra["source"], image))
+            tensor = self.preprocess([image])[0] if self.preprocess else None
+            return Prepared(
+                entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
+            )
+        except SearchError as exc:
+            return Prepared(entry, error=str(exc))
+        except OSError as exc:
+            return Prepared(entry, error=f"cannot read: {exc.strerror or exc}")
+        except Exception as exc:  # one bad file must never stop the run
+            log.exception("unexpected error preparing %s", entry.uri)
+            return Prepared(entry, error=f"unexpected error: {type(exc).__name__}: {exc}")
+
+    def stream(
+        self,
+        source: ImageSource,
+        entries: list[SourceEntry],
+        pool: ThreadPoolExecutor,
+        window: int,
+    ) -> Iterator[Prepared]:
+        pending: deque[Future[Prepared]] = deque()
+        iterator = iter(entries)
+        for entry in iterator:
+            pending.append(pool.submit(self.prepare, source, entry))
+            if len(pending) >= window:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for entry in iterator:
+                pending.append(pool.submit(self.prepare, source, entry))
+                break
+
+
+class BatchEmbedder:
+    """The embed stage: one vector or one error message per prepared item."""
+
+    def __init__(self, embedder: Embedder, tagger: Tagger | None = None) -> None:
+        self.embedder = embedder
+        self.tagger = tagger
+        # Local ONNX embedders split preprocessing (parallel, in workers) from the forward pass.
+        preprocess = getattr(embedder, "preprocess", None)
+        forward = getattr(embedder, "forward", None)
+        self.preprocess: Callable[[list[Image.Image]], np.ndarray] | None = None
+        self._forward: Callable[[np.ndarray], Any] | None = None
+        if preprocess is not None and forward is not None:
+            self.preprocess = preprocess
+            self._forward = forward
+
+    def __call__(self, batch: list[Prepared]) -> list[np.ndarray | str]:
+        if not batch:
+            return []
+        try:
+            if self._forward is not None and all(item.tensor is not None for item in batch):
+                output = self._forward(np.stack([item.tensor for item in batch]))
+                if self.tagger is not None and isinstance(output, tuple) and len(output) > 1:
+                    keywords = self.tagger.keyword_tags(output[1])  # ImageNet labels, same pass
+                    Tagger.merge([item.meta for item in batch], keywords)
+                return list(_first(output))
+            images = [item.image for item in batch]
+            if any(image is None for image in images):
+                return ["internal error: no image prepared"] * len(batch)
+            partial = getattr(self.embedder, "embed_images_partial", None)
+            if partial is not None:
+                return [r if isinstance(r, np.ndarray) else str(r) for r in partial(images)]
+            return list(self.embedder.embed_images(images))
+        except ConfigError:
+            raise  # a broken model or setting fails every file alike: stop the run instead
+        except SearchError as exc:
+            return [str(exc)] * len(batch)
+
+
+def triage(prepared: Prepared, plan: Plan, seen: set[str], batch: Batch) -> str:
+    """Sorts one prepared file into the batch. Returns the counter of a file that needs no
+    commit ("failed", "not_images") or "" when it joined the batch."""
+    previous = plan.existing.get(prepared.entry.uri)
+    if prepared.error or prepared.skip or prepared.meta is None:
+        if previous is not None and (prepared.skip or prepared.error.startswith("not an image")):
+            batch.stale.append(prepared.entry.uri)  # the indexed picture is no longer there
+        return "failed" if prepared.error else "not_images"
+    sha = prepared.meta.sha256
+    if previous is not None and previous.sha256 == sha:
+        batch.link.append((prepared, "unchanged"))  # touched, same bytes: refresh the version
+    elif sha in seen or sha in plan.known:
+        batch.link.append((prepared, "duplicates"))  # a copy, a rename, a swapped content
+    else:
+        seen.add(sha)
+        batch.embed.append(prepared)
+    return ""
+
+
+def _usable(result: np.ndarray | str) -> np.ndarray | str:
+    """A zero or non-finite vector is that file's failure; the index would refuse the whole
+    batch (and stop the run) for it."""
+    if isinstance(result, np.ndarray):
+        norm = float(np.linalg.norm(result))
+        if norm == 0.0 or not np.isfinite(norm):
+            return "the model produced no usable vector for this image (zero or not finite)"
+    return result
+
+
+class Committer:
+    """The commit stage: re-checks which new contents a concurrent run stored meanwhile (those
+    are linked, not embedded), embeds the rest, writes contents then names, removes stale
+    names. Updates the report's counters only for what was committed."""
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        embed: BatchEmbedder,
+        reread: Callable[[SourceEntry], Prepared],
+    ) -> None:
+        self.index = index
+        self.embed = embed
+        self.reread = reread
+
+    def __call__(self, batch: Batch, plan: Plan, report: IndexReport) -> bool:
+        """True when something landed (or nothing needed the model); False when every file
+        sent to the model failed."""
+        stored = self.index.known_hashes(p.meta.sha256 for p in batch.embed if p.meta)
+        fresh = [p for p in batch.embed if p.meta and p.meta.sha256 not in stored]
+        taken = {id(p) for p in fresh}  # identity: Prepared holds arrays, no == on them
+        links = batch.link + [(p, "by_other_run") for p in batch.embed if id(p) not in taken]
+        ok = self._store(fresh, plan, report) or not fresh
+        missing = {
+            item.uri for item in self.index.link([p.meta for p, _ in links if p.meta])
+        }
+        for prepared, counter in links:
+            if prepared.entry.uri not in missing:
+                setattr(report, counter, getattr(report, counter) + 1)
+                if counter == "duplicates" and prepared.meta:  # named in the Index tab
+                    report.duplicate_files.append((prepared.entry.uri, prepared.meta.sha256))
+                self._count_replaced(prepared, plan, report)
+        if missing:  # removed by another writer between our check and the link: embed
+            again = [self.reread(p.entry) for p, _ in links if p.entry.uri in missing]
+            self._store([p for p in again if p.meta], plan, report)
+            for prepared in again:
+                if prepared.meta is None:
+                    report.failures.append((prepared.entry.uri, prepared.error or "vanished"))
+        if batch.stale:
+            self.index.remove(batch.stale)
+        return ok
+
+    def _store(self, fresh: list[Prepared], plan: Plan, report: IndexReport) -> bool:
+        if not fresh:
+            return False
+        results = [_usable(r) for r in self.embed(fresh)]
+        good = [(p, r) for p, r in zip(fresh, results, strict=True) if isinstance(r, np.ndarray)]
+        for prepared, result in zip(fresh, results, strict=True):
+            if not isinstance(result, np.ndarray):
+                report.failures.append((prepared.entry.uri, result))
+        if not good:
+            return False
+        vectors = np.stack([r for _, r in good]).astype(np.float32)
+        added = self.index.add(vectors, [p.meta for p, _ in good if p.meta])  # raises: stop
+        report.indexed += added
+        report.by_other_run += len(good) - added  # stored by a concurrent run first
+        for prepared, _ in good:
+            self._count_replaced(prepared, plan, report)
+        return True
+
+    @staticmethod
+    def _count_replaced(prepared: Prepared, plan: Plan, report: IndexReport) -> None:
+        previous = plan.existing.get(prepared.entry.uri)
+        if previous is not None and prepared.meta and previous.sha256 != prepared.meta.sha256:
+            report.replaced += 1  # the name now shows other content
+
+
+def in_scope(uri: str, root: str) -> bool:
+    """Whether ``uri`` lies under the source ``root``: on a path boundary for folders (so
+    pruning ``/c8`` covers ``/c8/sub`` but not ``/c80``), as a key prefix for S3 (as S3 lists)."""
+    if not root:
+        return False
+    if root.startswith("s3://"):
+        return uri.startswith(root)
+    path = uri_to_path(uri)
+    base = root.rstrip("/")
+    return path == root or path.startswith(base + "/")
+
+
+def prune_missing(
+    index: VectorIndex, root: str, listed: set[str], shard: tuple[int, int] | None = None
+) -> int:
+    """Removes every indexed name under ``root`` (sub-folders indexed on their own included)
+    that the listing did not return; contents go with their last name."""
+    gone = [
+        item.uri
+        for item in index.items()
+        if item.uri not in listed and in_scope(item.uri, root) and in_shard(item.uri, shard)
+    ]
+    return index.remove(gone)
+
+
 class Indexer:
     """Runs one source into one index with one embedder."""
 
@@ -185,103 +491,19 @@ class Indexer:
         tagger: Tagger | None = None,
     ) -> None:
         self.embedder = embedder
-        self.tagger = tagger
         self.worker_niceness = worker_niceness
         self.index = index
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers or default_workers())
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
-        self.max_side = max_side
-        # Local ONNX embedders split preprocessing (parallel, in workers) from the forward pass.
-        self._preprocess: Callable[[list[Image.Image]], np.ndarray] | None = getattr(
-            embedder, "preprocess", None
+        self.embed = BatchEmbedder(embedder, tagger)
+        self.reader = Reader(
+            embedder,
+            max_bytes=max_bytes,
+            max_pixels=max_pixels,
+            max_side=max_side,
+            preprocess=self.embed.preprocess,
+            tagger=tagger,
         )
-        forward = getattr(embedder, "forward", None)
-        self._forward: Callable[[np.ndarray], Any] | None = None
-        if self._preprocess is not None and forward is not None:
-            self._forward = forward
-        else:
-            self._preprocess = None
-
-    # -- worker side ---------------------------------------------------------------------------
-
-    def _prepare(self, source: ImageSource, entry: SourceEntry) -> _Prepared:
-        suffix = PurePosixPath(entry.uri).suffix.lower()
-        try:
-            if entry.size_bytes > self.max_bytes:
-                return _Prepared(entry, error=f"file is too large ({entry.size_bytes:,} bytes)")
-            data = source.read(entry)
-            if len(data) > self.max_bytes:
-                return _Prepared(entry, error=f"file is too large ({len(data):,} bytes)")
-            if not looks_like_image(data[:16]):
-                if suffix in IMAGE_SUFFIXES or not data:
-                    what = "the file is empty (0 bytes)" if not data else describe_non_image(data)
-                    return _Prepared(entry, error=f"not an image: {what}")
-                return _Prepared(entry, skip="not_image")
-            image = load_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
-            meta = ItemMeta(
-                uri=entry.uri,
-                sha256=sha256_hex(data),
-                label=label_from_uri(entry.uri),
-                width=image.width,
-                height=image.height,
-                size_bytes=len(data),
-                model=self.embedder.model_id,
-                dimension=self.embedder.dimension,
-                extra={"version": entry.version, "source": getattr(source, "uri", "")},
-            )
-            if self.tagger is not None:  # category and detector tags (search_core.tags)
-                meta.extra.update(self.tagger.describe(entry.uri, meta.extra["source"], image))
-            tensor = self._preprocess([image])[0] if self._preprocess else None
-            return _Prepared(
-                entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
-            )
-        except SearchError as exc:
-            return _Prepared(entry, error=str(exc))
-        except OSError as exc:
-            return _Prepared(entry, error=f"cannot read: {exc.strerror or exc}")
-        except Exception as exc:  # one bad file must never stop the run
-            log.exception("unexpected error preparing %s", entry.uri)
-            return _Prepared(entry, error=f"unexpected error: {type(exc).__name__}: {exc}")
-
-    def _prepared_stream(
-        self, source: ImageSource, entries: list[SourceEntry], pool: ThreadPoolExecutor
-    ) -> Iterator[_Prepared]:
-        """Results in source order with a bounded number in flight (bounded memory)."""
-        pending: deque[Future[_Prepared]] = deque()
-        window = max(self.batch_size * 2, self.workers * 4)
-        iterator = iter(entries)
-        for entry in iterator:
-            pending.append(pool.submit(self._prepare, source, entry))
-            if len(pending) >= window:
-                break
-        while pending:
-            yield pending.popleft().result()
-            for entry in iterator:
-                pending.append(pool.submit(self._prepare, source, entry))
-                break
-
-    # -- main side -----------------------------------------------------------------------------
-
-    def _embed(self, batch: list[_Prepared]) -> list[np.ndarray | str]:
-        """One vector or one error message per item of the batch."""
-        try:
-            if self._forward is not None:
-                output = self._forward(np.stack([item.tensor for item in batch]))
-                if self.tagger is not None and isinstance(output, tuple) and len(output) > 1:
-                    keywords = self.tagger.keyword_tags(output[1])  # ImageNet labels, same pass
-                    Tagger.merge([item.meta for item in batch], keywords)
-                return list(_first(output))
-            partial = getattr(self.embedder, "embed_images_partial", None)
-            images = [item.image for item in batch]
-            if partial is not None:
-                return [r if isinstance(r, np.ndarray) else str(r) for r in partial(images)]
-            return list(self.embedder.embed_images(images))
-        except ConfigError:
-            raise  # a broken model or setting fails every file alike: stop the run instead
-        except SearchError as exc:
-            return [str(exc)] * len(batch)
 
     def run(
         self,
@@ -304,95 +526,52 @@ class Indexer:
                 last_report = now
                 progress(report)
 
-        entries = [e for e in source.list() if in_shard(e.uri, shard)]
-        report.total = len(entries)
-        existing = {item.uri: item for item in self.index.items()}
-        known = {item.sha256 for item in existing.values()}
+        plan = plan_run(source, self.index, shard)
+        report.total = len(plan.entries)
+        report.unchanged = report.done = plan.unchanged
+        report.planned = len(plan.todo)
         tick(force=True)
-
-        todo: list[SourceEntry] = []
-        for entry in entries:
-            old = existing.get(entry.uri)
-            if old is not None and entry.version and old.extra.get("version") == entry.version:
-                report.unchanged += 1
-                report.done += 1
-            else:
-                todo.append(entry)
-        report.planned = len(todo)
         report.phase = "embedding"
         tick(force=True)
 
-        batch: list[_Prepared] = []
+        commit = Committer(self.index, self.embed, lambda e: self.reader.prepare(source, e))
+        batch = Batch()
         seen: set[str] = set()
         failed_batches = 0
 
         def flush() -> None:
-            nonlocal failed_batches
-            if not batch:
+            nonlocal batch, failed_batches
+            if not len(batch) and not batch.stale:
                 return
-            results = self._embed(batch)
-            good = [
-                (item, r)
-                for item, r in zip(batch, results, strict=True)
-                if isinstance(r, np.ndarray)
-            ]
-            for item, result in zip(batch, results, strict=True):
-                if not isinstance(result, np.ndarray):
-                    report.failures.append((item.entry.uri, result))
-            if good:
-                vectors = np.stack([r for _, r in good]).astype(np.float32)
-                metas = [item.meta for item, _ in good if item.meta is not None]
-                report.indexed += self.index.add(vectors, metas)  # raises: cannot go on
-                replaced = [
-                    existing[m.uri].sha256
-                    for m in metas
-                    if m.uri in existing and existing[m.uri].sha256 != m.sha256
-                ]
-                if replaced:
-                    report.replaced += self.index.delete(replaced)
-                failed_batches = 0
-            else:
-                failed_batches += 1
-            report.done += len(batch)
-            batch.clear()
+            size = len(batch)
+            needed_model = bool(batch.embed)
+            landed = commit(batch, plan, report)
+            if needed_model:
+                failed_batches = 0 if landed else failed_batches + 1
+            report.done += size
+            batch = Batch()
             tick()
 
+        window = max(self.batch_size * 2, self.workers * 4)
         with ThreadPoolExecutor(
             self.workers,
             thread_name_prefix="prepare",
             initializer=_lower_priority,
             initargs=(self.worker_niceness,),
         ) as pool:
-            stream = self._prepared_stream(source, todo, pool)
+            stream = self.reader.stream(source, plan.todo, pool, window)
             try:
                 for prepared in stream:
                     report.current = prepared.entry.uri
-                    if prepared.error or prepared.skip or prepared.meta is None:
-                        if prepared.error:
-                            report.failures.append((prepared.entry.uri, prepared.error))
-                        else:
-                            report.not_images += 1
+                    counter = triage(prepared, plan, seen, batch)
+                    if counter == "failed":
+                        report.failures.append((prepared.entry.uri, prepared.error))
+                    elif counter:
+                        report.not_images += 1
+                    if counter:
                         report.done += 1
                         tick()
-                        continue
-                    sha = prepared.meta.sha256
-                    previous = existing.get(prepared.entry.uri)
-                    if previous is not None and previous.sha256 == sha:
-                        report.unchanged += 1  # touched but not changed
-                        report.done += 1
-                        tick()
-                        continue
-                    if sha in seen or sha in known:
-                        report.duplicates += 1
-                        report.duplicate_files.append((prepared.entry.uri, sha))
-                        if previous is not None:  # its old content is gone from the source
-                            report.replaced += self.index.delete([previous.sha256])
-                        report.done += 1
-                        tick()
-                        continue
-                    seen.add(sha)
-                    batch.append(prepared)
-                    if len(batch) >= self.batch_size:
+                    if len(batch.embed) >= self.batch_size or len(batch.link) >= 64:
                         flush()
                         if failed_batches >= MAX_CONSECUTIVE_FAILED_BATCHES:
                             report.error = (
@@ -407,28 +586,24 @@ class Indexer:
                         break
                 else:
                     flush()
+                if prune and not report.stopped:
+                    report.current = "removing what left the source"
+                    tick(force=True)
+                    listed = {e.uri for e in plan.entries}
+                    report.pruned = prune_missing(
+                        self.index, report.source, listed, shard
+                    )
+                if not report.stopped:
+                    # Large local indexes: build/extend and save the HNSW graph now, in the
+                    # ingest job, rather than in the first user search after it.
+                    report.current = "updating the search graph"
+                    tick(force=True)
+                    self.index.finalize()
             except (BackendError, ConfigError) as exc:
                 report.error = str(exc)
                 report.stopped = True
             finally:
                 stream.close()
-
-        if prune and not report.stopped:
-            listed = {e.uri for e in entries}
-            root = getattr(source, "uri", "")
-            gone = [
-                item.sha256
-                for uri, item in existing.items()
-                if uri not in listed and item.extra.get("source") == root and in_shard(uri, shard)
-            ]
-            report.pruned = self.index.delete(gone)
-        build_graph = getattr(self.index, "build_graph", None)
-        if callable(build_graph) and report.indexed and not report.stopped:
-            # Large local indexes: build/extend and save the HNSW graph now, in the ingest job,
-            # rather than in the first user search after it.
-            report.current = "updating the search graph"
-            tick(force=True)
-            build_graph()
         report.current = ""
         report.phase = "done"
         tick(force=True)

@@ -43,12 +43,28 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorIndex(Protocol):
-    """Stores vectors with :class:`ItemMeta`; de-duplicates by ``sha256``."""
+    """Stores vectors with :class:`ItemMeta`: one content (vector) per ``sha256``, any number of
+    names (``uri``) per content, one content per name."""
 
     name: str
 
     def add(self, vectors: np.ndarray, items: Sequence[ItemMeta]) -> int:
-        """Adds rows whose sha256 is not yet present; returns how many were added."""
+        """Stores contents not yet present and points each item's name at its content (a name
+        that had other content is moved); returns how many contents were new."""
+        ...
+
+    def link(self, items: Sequence[ItemMeta]) -> list[ItemMeta]:
+        """Points names at contents already stored, without vectors; returns the items whose
+        content is not stored (the caller embeds them and calls ``add``)."""
+        ...
+
+    def remove(self, uris: Iterable[str]) -> int:
+        """Removes names (a content goes with its last name); returns how many names went."""
+        ...
+
+    def finalize(self) -> None:
+        """End of an indexing run: make derived structures current (the local search graph);
+        a no-op where there is nothing to do. Raises BackendError when it cannot be saved."""
         ...
 
     def search(
@@ -62,18 +78,20 @@ class VectorIndex(Protocol):
         ...
 
     def items(self) -> Iterator[ItemMeta]:
-        """Every stored item (for pruning, stats and evaluation)."""
+        """Every stored name with its content's metadata (for pruning, stats, evaluation)."""
         ...
 
     def delete(self, sha256s: Iterable[str]) -> int:
-        """Removes items by hash; returns how many were removed."""
+        """Removes contents and all their names; returns how many contents were removed."""
         ...
 
     def reset(self) -> None:
         """Removes everything (the index stays usable)."""
         ...
 
-    def count(self) -> int: ...
+    def count(self) -> int:
+        """Names (files) in the index."""
+        ...
 
     def stats(self) -> dict[str, Any]:
         """At least ``count``, ``backend`` and ``dimension``."""

@@ -2,18 +2,27 @@
 
 Why SQLite: every write is a transaction, so a crash (kill -9, disk full, power loss) can never
 leave a half-written index — the next start sees the last committed batch, and the indexer
-resumes from there. Vectors live as float32 blobs beside their metadata and are loaded once into
-one contiguous matrix. Search is exact cosine (a matrix-vector product) while the index is small
-and switches to a FAISS HNSW graph once exact search would get slow. The graph is saved next to
-the database (``hnsw.npz``, keyed by the database's identity, its deletion generation and the
-last row it covers), so a restart loads it in seconds instead of rebuilding it for minutes.
+resumes from there. Every write takes the write lock first (``BEGIN IMMEDIATE``), so any number
+of processes may index into one data directory: they queue instead of racing a
+check-then-insert.
+
+Names and contents are kept apart because a catalogue has both copies and renames: ``contents``
+holds one vector per sha256; ``names`` maps each URI to one content, with the file's version
+(size, mtime, ctime, inode for folders, ETag for S3). A content lives as long as some name
+refers to it (removing a name drops its content in the same transaction only when no other name
+has it). Search returns one hit per name; the pipeline collapses copies of one content.
+
+Vectors are loaded once into one contiguous matrix (one row per name). Search is exact cosine
+while the index is small and switches to a FAISS HNSW graph (:mod:`search_core.ann_graph`)
+once exact search would get slow. The graph is saved next to the database (``hnsw.npz``, keyed
+by the database's identity, its deletion generation and the last row it covers), so a restart
+loads it in seconds instead of rebuilding it for minutes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 import uuid
@@ -23,33 +32,50 @@ from typing import Any
 
 import numpy as np
 
+from search_core.ann_graph import RERANK_FACTOR, RERANK_MIN, AnnGraph, exact_top_k
 from search_core.errors import BackendError, ConfigError
 from search_core.filters import matches as _matches
 from search_core.types import ItemMeta, SearchHit
+from search_core.vector_check import check_query, check_vectors
+
+__all__ = ["RERANK_FACTOR", "RERANK_MIN", "SCHEMA_VERSION", "AnnGraph", "LocalIndex"]
 
 log = logging.getLogger(__name__)
 
-#: the graph proposes max(RERANK_MIN, RERANK_FACTOR * k) candidates, re-ranked exactly
-RERANK_MIN = 200
-RERANK_FACTOR = 4
+SCHEMA_VERSION = 2
+_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS contents (
+    sha256 TEXT PRIMARY KEY,
+    vector BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    uri TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL REFERENCES contents(sha256),
+    meta TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS names_sha256 ON names(sha256);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+#: read-only view in the v1 shape, for scripts (and tests) that query ``items`` directly
+_ITEMS_VIEW = """
+CREATE VIEW IF NOT EXISTS items AS
+    SELECT names.row AS row, names.sha256 AS sha256, names.uri AS uri, names.meta AS meta,
+           contents.vector AS vector
+    FROM names JOIN contents ON contents.sha256 = names.sha256;
+"""
 
 #: deletions shift the positions of rows, so they invalidate any saved graph
 _BUMP_GENERATION = (
-    "UPDATE info SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'",
-    [()],
+    "UPDATE info SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'"
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    row INTEGER PRIMARY KEY AUTOINCREMENT,
-    sha256 TEXT NOT NULL UNIQUE,
-    uri TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_uri ON items(uri);
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+_LOAD = (
+    "SELECT names.row, names.meta, contents.vector FROM names "
+    "JOIN contents ON contents.sha256 = names.sha256"
+)
 
 
 class LocalIndex:
@@ -91,7 +117,6 @@ class LocalIndex:
         self._matrix = self._buffer
         self._rows = np.zeros(0, dtype=np.int64)
         self._items: list[ItemMeta] = []
-        self._by_sha: dict[str, int] = {}
         self._graph: AnnGraph | None = None
         self._graph_saved = False
         self._loaded_version: int | None = None
@@ -102,34 +127,72 @@ class LocalIndex:
     def _connect(self) -> sqlite3.Connection:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never implicit
             conn = sqlite3.connect(
-                self.data_dir / "index.sqlite3", check_same_thread=False, timeout=30
+                self.data_dir / "index.sqlite3",
+                check_same_thread=False,
+                timeout=60,
+                isolation_level=None,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._migrate(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         except (sqlite3.Error, OSError) as exc:
             raise BackendError(f"cannot open the local index in {self.data_dir}: {exc}") from exc
         stored = dict(conn.execute("SELECT key, value FROM info").fetchall())
-        if not stored:
-            with conn:
-                conn.executemany(
-                    "INSERT INTO info(key, value) VALUES (?, ?)",
-                    [("model", self.model_id), ("dimension", str(self.dimension))],
-                )
-        elif stored.get("model") != self.model_id or int(stored["dimension"]) != self.dimension:
+        if stored.get("model") != self.model_id or int(stored["dimension"]) != self.dimension:
             raise ConfigError(
                 f"the index in {self.data_dir} was built with {stored.get('model')} "
                 f"({stored.get('dimension')}-d) but the embedder is {self.model_id} "
                 f"({self.dimension}-d): use another SEARCH_DATA_DIR or reset the index"
             )
-        if "uuid" not in stored:  # identity of this database, for the saved graph's key
-            with conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO info(key, value) VALUES (?, ?)",
-                    [("uuid", uuid.uuid4().hex), ("generation", "0")],
-                )
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Creates the schema, or upgrades a v1 database (one ``items`` table keyed by sha256
+        with one uri) in place: row ids are kept, so a saved graph stays valid. Runs inside the
+        opening transaction, so two processes opening an old database migrate it once."""
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master").fetchall())
+        # one statement at a time: executescript would COMMIT the opening transaction
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement)
+        if kinds.get("items") == "table":
+            log.info("upgrading the local index in %s to schema %d", self.data_dir, SCHEMA_VERSION)
+            conn.execute(
+                "INSERT INTO contents(sha256, vector) SELECT sha256, vector FROM items "
+                "WHERE true ON CONFLICT(sha256) DO NOTHING"
+            )
+            # v1 could hold one uri twice (old and new content): the newest row wins
+            conn.execute(
+                "INSERT INTO names(row, uri, sha256, meta) SELECT row, uri, sha256, meta "
+                "FROM items ORDER BY row DESC ON CONFLICT(uri) DO NOTHING"
+            )
+            kept = conn.execute("SELECT COUNT(*) FROM names").fetchone()[0]
+            if kept != conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
+                conn.execute(_BUMP_GENERATION)  # rows went: a saved graph no longer fits
+            conn.execute("DROP TABLE items")
+        conn.execute(_ITEMS_VIEW.strip().rstrip(";"))
+        defaults = {
+            "model": self.model_id,
+            "dimension": str(self.dimension),
+            "uuid": uuid.uuid4().hex,  # identity of this database, for the saved graph's key
+            "generation": "0",
+        }
+        conn.executemany(
+            "INSERT INTO info(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+            list(defaults.items()),
+        )
+        conn.execute(
+            "INSERT INTO info(key, value) VALUES ('schema', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
 
     def _data_version(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
@@ -139,141 +202,280 @@ class LocalIndex:
         version = self._data_version()
         if version == self._loaded_version:
             return
-        total = int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-        matrix = np.empty((total, self.dimension), dtype=np.float32)
-        row_ids = np.empty(total, dtype=np.int64)
-        items: list[ItemMeta] = []
-        cursor = self._conn.execute("SELECT row, meta, vector FROM items ORDER BY row")
-        position = 0
-        # fetchmany keeps the peak at one chunk of blobs, not a second copy of every vector
-        while chunk := cursor.fetchmany(10_000):
-            for row_id, meta, blob in chunk:
-                if position == total:  # grew since COUNT: the next refresh picks it up
-                    break
-                matrix[position] = np.frombuffer(blob, dtype=np.float32)
-                row_ids[position] = row_id
-                items.append(ItemMeta.from_dict(json.loads(meta)))
-                position += 1
-        self._buffer = matrix
-        self._matrix = matrix[:position]
-        self._rows = row_ids[:position]
-        self._items = items
-        self._by_sha = {item.sha256: position for position, item in enumerate(items)}
+        total = int(self._conn.execute("SELECT COUNT(*) FROM names").fetchone()[0])
+        self._buffer = np.empty((total, self.dimension), dtype=np.float32)
+        self._matrix = self._buffer[:0]
+        self._rows = np.zeros(0, dtype=np.int64)
+        self._items = []
+        self._load_rows(self._conn.execute(_LOAD + " ORDER BY names.row"))
         self._loaded_version = version
 
-    def _write(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        try:
-            with self._conn:  # one transaction: all or nothing
-                for sql, params in statements:
-                    self._conn.executemany(sql, params)
-        except sqlite3.OperationalError as exc:
-            message = str(exc)
-            if "full" in message:
-                message = "the disk is full; nothing of this batch was written"
-            raise BackendError(f"could not save the local index: {message}") from exc
-        # Our own commits do not change data_version for this connection: invalidate by hand
-        # (add() re-validates after appending to the loaded matrix).
-        self._loaded_version = None
+    def _load_rows(self, cursor: sqlite3.Cursor) -> None:
+        """Appends rows (row, meta, vector) to the loaded matrix. fetchmany keeps the peak at
+        one chunk of blobs, not a second copy of every vector."""
+        start = len(self._items)
+        rows: list[int] = []
+        while chunk := cursor.fetchmany(10_000):
+            end = start + len(rows) + len(chunk)
+            if end > len(self._buffer):
+                grown = np.empty(
+                    (max(end, 2 * len(self._buffer), 1024), self.dimension), np.float32
+                )
+                grown[: start + len(rows)] = self._buffer[: start + len(rows)]
+                self._buffer = grown
+            for row_id, meta, blob in chunk:
+                self._buffer[start + len(rows)] = np.frombuffer(blob, dtype=np.float32)
+                rows.append(int(row_id))
+                self._items.append(ItemMeta.from_dict(json.loads(meta)))
+        self._matrix = self._buffer[: start + len(rows)]
+        self._rows = np.concatenate([self._rows, np.array(rows, dtype=np.int64)])
+
+    def _transaction(self, work: Any) -> Any:
+        """Runs ``work(conn)`` in one write transaction (all or nothing) taken with the write
+        lock (BEGIN IMMEDIATE: other writers wait up to the busy timeout instead of failing
+        when they upgrade a read to a write), then keeps the loaded matrix in step."""
+        with self._lock:
+            current = self._loaded_version is not None and (
+                self._loaded_version == self._data_version()
+            )
+            last_row = int(self._rows[-1]) if len(self._rows) else 0
+            state = {"appended_only": True}
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(self._conn, state)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if "full" in message:
+                    message = "the disk is full; nothing of this batch was written"
+                raise BackendError(f"could not save the local index: {message}") from exc
+            if current and state["appended_only"]:
+                # A search between two indexing batches must not re-read the whole table:
+                # append our new rows (and any other writer's, see the version check below).
+                version = self._data_version()
+                if version == self._loaded_version:
+                    self._load_rows(
+                        self._conn.execute(
+                            _LOAD + " WHERE names.row > ? ORDER BY names.row", (last_row,)
+                        )
+                    )
+                    self._graph_saved = False  # the graph catches up lazily
+                    return result
+            # Our own commits do not change data_version for this connection: invalidate.
+            self._loaded_version = None
+            return result
+
+    @staticmethod
+    def _put_name(conn: sqlite3.Connection, item: ItemMeta, state: dict[str, bool]) -> str:
+        """Points ``item.uri`` at ``item.sha256`` (whose content must exist). Returns "new",
+        "same" (metadata refreshed) or "moved" (the name had another content, dropped if no
+        other name has it)."""
+        meta = json.dumps(item.to_dict())
+        old = conn.execute("SELECT row, sha256 FROM names WHERE uri = ?", (item.uri,)).fetchone()
+        if old is not None and old[1] == item.sha256:
+            conn.execute("UPDATE names SET meta = ? WHERE row = ?", (meta, old[0]))
+            state["appended_only"] = False
+            return "same"
+        if old is not None:
+            # A new row (not an update in place): the graph maps positions to vectors. The
+            # old content stays until finalize(): in a swap, the other file is about to take
+            # it (dropping it now would mean embedding it again a moment later).
+            conn.execute("DELETE FROM names WHERE row = ?", (old[0],))
+            conn.execute(_BUMP_GENERATION)
+            state["appended_only"] = False
+        conn.execute(
+            "INSERT INTO names(uri, sha256, meta) VALUES (?, ?, ?)", (item.uri, item.sha256, meta)
+        )
+        return "new" if old is None else "moved"
+
+    @staticmethod
+    def _drop_orphans(conn: sqlite3.Connection, sha256s: Sequence[str]) -> int:
+        removed = 0
+        for start in range(0, len(sha256s), _CHUNK):
+            chunk = list(sha256s[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            removed += conn.execute(
+                f"DELETE FROM contents WHERE sha256 IN ({marks}) AND NOT EXISTS "
+                "(SELECT 1 FROM names WHERE names.sha256 = contents.sha256)",
+                chunk,
+            ).rowcount
+        return removed
 
     # -- VectorIndex ---------------------------------------------------------------------------
 
     def add(self, vectors: np.ndarray, items: Sequence[ItemMeta]) -> int:
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(items), -1)
-        if len(items) and vectors.shape[1] != self.dimension:
-            raise ConfigError(
-                f"vector dimension {vectors.shape[1]} does not match the index ({self.dimension})"
-            )
-        with self._lock:
-            known = self.known_hashes(item.sha256 for item in items)
-            rows = []
-            seen: set[str] = set()
-            for vector, item in zip(vectors, items, strict=True):
-                if item.sha256 in known or item.sha256 in seen:
-                    continue
-                seen.add(item.sha256)
-                rows.append((item.sha256, item.uri, json.dumps(item.to_dict()), vector.tobytes()))
-            if not rows:
-                return 0
-            current = self._loaded_version is not None and (
-                self._loaded_version == self._data_version()
-            )
-            insert = "INSERT INTO items(sha256, uri, meta, vector) VALUES (?, ?, ?, ?)"
-            self._write([(insert, rows)])
-            if current:
-                self._append_loaded(rows)
-            return len(rows)
+        """Stores each item's content (unless present) and points its name at it. Returns how
+        many contents were new: a content another writer stored first is not counted, which
+        lets the indexer report work done by a concurrent run truthfully."""
+        matrix = check_vectors(vectors, len(items), self.dimension)
+        if not len(items):
+            return 0
 
-    def _append_loaded(self, rows: list[tuple[str, str, str, bytes]]) -> None:
-        """Keeps the in-memory matrix in step with our own commit instead of reloading it all
-        (a search between two indexing batches would otherwise re-read the whole table)."""
-        new = np.stack([np.frombuffer(row[3], dtype=np.float32) for row in rows])
-        shas = [row[0] for row in rows]
-        marks = ",".join("?" * len(shas))
-        ids = dict(
-            self._conn.execute(
-                f"SELECT sha256, row FROM items WHERE sha256 IN ({marks})", shas
-            ).fetchall()
-        )
-        start = len(self._items)
-        end = start + len(new)
-        if end > len(self._buffer):
-            grown = np.empty((max(end, 2 * len(self._buffer), 1024), self.dimension), np.float32)
-            grown[:start] = self._matrix
-            self._buffer = grown
-        self._buffer[start:end] = new
-        self._matrix = self._buffer[:end]
-        self._rows = np.concatenate([self._rows, np.array([ids[s] for s in shas], np.int64)])
-        for offset, row in enumerate(rows):
-            item = ItemMeta.from_dict(json.loads(row[2]))
-            self._items.append(item)
-            self._by_sha[item.sha256] = start + offset
-        self._graph_saved = False  # the graph catches up lazily, on the next graph search
-        self._loaded_version = self._data_version()
+        latest = {item.uri: item for item in items}  # one name twice: the last one wins
+
+        def work(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO contents(sha256, vector) VALUES (?, ?) "
+                "ON CONFLICT(sha256) DO NOTHING",
+                [(item.sha256, row.tobytes()) for row, item in zip(matrix, items, strict=True)],
+            )
+            added = conn.total_changes - before
+            # names not stored yet in one statement (the common case: a fresh ingest); names
+            # that exist go through _put_name (same content: refresh; other content: move)
+            uris = list(latest)
+            stored: set[str] = set()
+            for start in range(0, len(uris), _CHUNK):
+                chunk = uris[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                stored.update(
+                    row[0]
+                    for row in conn.execute(f"SELECT uri FROM names WHERE uri IN ({marks})", chunk)
+                )
+            conn.executemany(
+                "INSERT INTO names(uri, sha256, meta) VALUES (?, ?, ?)",
+                [
+                    (item.uri, item.sha256, json.dumps(item.to_dict()))
+                    for item in latest.values()
+                    if item.uri not in stored
+                ],
+            )
+            for item in latest.values():
+                if item.uri in stored:
+                    self._put_name(conn, item, state)
+            return added
+
+        return int(self._transaction(work))
+
+    def link(self, items: Sequence[ItemMeta]) -> list[ItemMeta]:
+        """Points names at contents already stored (a copy, a rename, a touched file) without
+        a vector. Returns the items whose content is not stored (removed meanwhile by another
+        writer): the caller embeds those and calls :meth:`add`."""
+        if not items:
+            return []
+
+        def work(conn: sqlite3.Connection, state: dict[str, bool]) -> list[ItemMeta]:
+            missing: list[ItemMeta] = []
+            for item in items:
+                present = conn.execute(
+                    "SELECT 1 FROM contents WHERE sha256 = ?", (item.sha256,)
+                ).fetchone()
+                if present is None:
+                    missing.append(item)
+                else:
+                    self._put_name(conn, item, state)
+            return missing
+
+        result: list[ItemMeta] = self._transaction(work)
+        return result
+
+    def remove(self, uris: Iterable[str]) -> int:
+        """Removes names; a content goes with its last name. Returns how many names went."""
+        wanted = sorted(set(uris))
+        if not wanted:
+            return 0
+
+        def work(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
+            removed = 0
+            shas: list[str] = []
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                shas += [
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT sha256 FROM names WHERE uri IN ({marks})", chunk
+                    )
+                ]
+                removed += conn.execute(f"DELETE FROM names WHERE uri IN ({marks})", chunk).rowcount
+            if removed:
+                self._drop_orphans(conn, sorted(set(shas)))
+                conn.execute(_BUMP_GENERATION)
+                state["appended_only"] = False
+            return removed
+
+        return int(self._transaction(work))
 
     def known_hashes(self, sha256s: Iterable[str]) -> set[str]:
         wanted = list(set(sha256s))
         found: set[str] = set()
         with self._lock:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 found.update(
                     row[0]
                     for row in self._conn.execute(
-                        f"SELECT sha256 FROM items WHERE sha256 IN ({marks})", chunk
+                        f"SELECT sha256 FROM contents WHERE sha256 IN ({marks})", chunk
                     )
                 )
         return found
 
     def items(self) -> Iterator[ItemMeta]:
+        """One item per name, in insertion order."""
         with self._lock:
-            rows = self._conn.execute("SELECT meta FROM items ORDER BY row").fetchall()
+            rows = self._conn.execute("SELECT meta FROM names ORDER BY row").fetchall()
         for (meta,) in rows:
             yield ItemMeta.from_dict(json.loads(meta))
 
+    def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]:
+        """Every stored vector (one row per name, unit length, float32) with its ItemMeta, in
+        the same order: for consumers that learn from the whole catalogue (a projection
+        trained on the stored vectors and their labels). The matrix is a copy: it stays
+        valid while indexing goes on."""
+        with self._lock:
+            self._refresh()
+            return self._matrix.copy(), list(self._items)
+
     def delete(self, sha256s: Iterable[str]) -> int:
-        wanted = [(sha,) for sha in set(sha256s)]
+        """Removes contents and every name that has them; returns how many contents went."""
+        wanted = sorted(set(sha256s))
         if not wanted:
             return 0
-        with self._lock:
-            before = self.count()
-            self._write([("DELETE FROM items WHERE sha256 = ?", wanted), _BUMP_GENERATION])
-            return before - self.count()
+
+        def work(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
+            removed = 0
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM names WHERE sha256 IN ({marks})", chunk)
+                removed += conn.execute(
+                    f"DELETE FROM contents WHERE sha256 IN ({marks})", chunk
+                ).rowcount
+            if removed:
+                conn.execute(_BUMP_GENERATION)
+                state["appended_only"] = False
+            return removed
+
+        return int(self._transaction(work))
 
     def reset(self) -> None:
-        with self._lock:
-            self._write([("DELETE FROM items", [()]), _BUMP_GENERATION])
+        def work(conn: sqlite3.Connection, state: dict[str, bool]) -> None:
+            conn.execute("DELETE FROM names")
+            conn.execute("DELETE FROM contents")
+            conn.execute(_BUMP_GENERATION)
+            state["appended_only"] = False
+
+        self._transaction(work)
 
     def count(self) -> int:
+        """Names (files) in the index; :meth:`stats` also reports distinct contents."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM names").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             self._refresh()
+            contents = int(self._conn.execute("SELECT COUNT(*) FROM contents").fetchone()[0])
             return {
                 "backend": self.name,
                 "count": len(self._items),
+                "contents": contents,
                 "dimension": self.dimension,
                 "model": self.model_id,
                 "search": "faiss-hnsw" if len(self._items) > self.hnsw_threshold else "exact",
@@ -285,11 +487,8 @@ class LocalIndex:
     def search(
         self, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
     ) -> list[SearchHit]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dimension:
-            raise ConfigError(
-                f"query dimension {query.shape[0]} does not match the index ({self.dimension})"
-            )
+        """Top ``k`` names by cosine (copies of one content are separate hits)."""
+        query = check_query(vector, self.dimension)
         with self._lock:
             self._refresh()
             total = len(self._items)
@@ -297,15 +496,54 @@ class LocalIndex:
                 return []
             if filters:
                 mask = np.array([_matches(item, filters) for item in self._items], dtype=bool)
-                positions, scores = _exact_top_k(self._matrix, query, k, mask)
+                positions, scores = exact_top_k(self._matrix, query, k, mask)
             elif total > self.hnsw_threshold:
                 positions, scores = self._hnsw_search(query, k)
             else:
-                positions, scores = _exact_top_k(self._matrix, query, k, None)
+                positions, scores = exact_top_k(self._matrix, query, k, None)
             return [
                 SearchHit(uri=self._items[p].uri, score=float(s), item=self._items[p])
                 for p, s in zip(positions, scores, strict=True)
             ]
+
+    def finalize(self) -> None:
+        """End of an indexing run: drops contents no name refers to any more (names moved to
+        other content during the run), then builds (or loads and extends) and saves the HNSW
+        graph when the index is large enough for it, so the app's first search after a
+        restart or an ingest does not pay for the build. Raises BackendError (temp file
+        removed) when the graph cannot be saved; a rerun builds it again."""
+
+        def drop_orphans(conn: sqlite3.Connection, state: dict[str, bool]) -> int:
+            return int(
+                conn.execute(
+                    "DELETE FROM contents WHERE NOT EXISTS "
+                    "(SELECT 1 FROM names WHERE names.sha256 = contents.sha256)"
+                ).rowcount
+            )
+
+        self._transaction(drop_orphans)  # names are untouched: the loaded matrix stays valid
+        if self._graph_up_to_date_on_disk():
+            return
+        self.build_graph()
+
+    def _graph_up_to_date_on_disk(self) -> bool:
+        """True when the saved graph covers exactly the current rows (read from its small
+        metadata member only): a run that changed nothing does not load a large graph."""
+        with self._lock:
+            if self.count() <= self.hnsw_threshold:
+                return False
+            self._refresh()
+            if self._current_graph() is not None and self._graph_saved:
+                return True
+            rows, key = self._rows, self._graph_key()
+        meta = AnnGraph.saved_meta(self._graph_path)
+        return bool(
+            meta is not None
+            and len(rows)
+            and {"uuid": meta.get("uuid"), "generation": meta.get("generation")} == key
+            and int(meta.get("ntotal", -1)) == len(rows)
+            and int(meta.get("last_row", -1)) == int(rows[-1])
+        )
 
     # -- approximate search --------------------------------------------------------------------
 
@@ -315,7 +553,7 @@ class LocalIndex:
         graph = self._current_graph()
         if graph is None:
             self._start_background_build()
-            return _exact_top_k(self._matrix, query, k, None)
+            return exact_top_k(self._matrix, query, k, None)
         return graph.search(query, k, self._matrix, ef_search=self.hnsw_ef_search)
 
     def _graph_key(self) -> dict[str, Any]:
@@ -341,18 +579,21 @@ class LocalIndex:
         if self._build_thread is not None and self._build_thread.is_alive():
             return
         self._build_thread = threading.Thread(
-            target=self.build_graph, name="hnsw-build", daemon=True
+            target=self._build_in_background, name="hnsw-build", daemon=True
         )
         self._build_thread.start()
 
-    def build_graph(self) -> bool:
-        """Brings the HNSW graph up to date and saves it beside the database (blocking).
+    def _build_in_background(self) -> None:
+        try:
+            self.build_graph()
+        except BackendError as exc:  # searches go on exactly; the next run retries
+            log.warning("%s", exc)
 
-        Loads the saved graph when it is still valid (same database, no deletion since) and
-        adds only the rows appended after it was saved; otherwise builds it from scratch.
-        Returns False when the index is small enough for exact search (nothing to do).
-        Called by the indexer at the end of a run, so the app's first search after a
-        restart or an ingest does not pay for the build."""
+    def build_graph(self) -> bool:
+        """Makes the HNSW graph current and saved: loads the saved graph when it still matches
+        (same database, no deletion since) and adds only the rows appended after it was saved;
+        otherwise builds it from scratch. Returns False when the index is small enough for
+        exact search (nothing to do)."""
         with self._build_lock:
             with self._lock:
                 if self.count() <= self.hnsw_threshold:
@@ -362,6 +603,7 @@ class LocalIndex:
                     return True
                 matrix, rows, key = self._matrix, self._rows.copy(), self._graph_key()
             graph = AnnGraph.load(self._graph_path, key, rows)
+            complete = graph is not None and graph.ntotal == len(rows)
             if graph is not None and graph.ntotal < len(rows):
                 graph.add(matrix[graph.ntotal :], int(rows[-1]))
             elif graph is None:
@@ -373,7 +615,15 @@ class LocalIndex:
                     ef_construction=self.hnsw_ef_construction,
                     max_dim=self.hnsw_dim,
                 )
-            graph.save(self._graph_path)
+            if not complete:
+                try:
+                    graph.save(self._graph_path)
+                except OSError as exc:
+                    reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+                    raise BackendError(
+                        f"could not save the search graph in {self.data_dir}: {reason}; "
+                        "every image is indexed (searches stay exact until the graph is saved)"
+                    ) from exc
             with self._lock:
                 self._graph = graph
                 self._graph_saved = True
@@ -384,159 +634,19 @@ class LocalIndex:
         return self.data_dir / "hnsw.npz"
 
     def vector_of(self, sha256: str) -> np.ndarray | None:
-        """The stored vector of one item (a copy), or None: "more like this" and the
-        near-duplicate check reuse what indexing computed instead of re-embedding."""
+        """The stored vector of one content, or None: "more like this" and the near-duplicate
+        check reuse what indexing computed instead of re-embedding."""
         with self._lock:
-            self._refresh()
-            position = self._by_sha.get(sha256)
-            return None if position is None else self._matrix[position].copy()
+            row = self._conn.execute(
+                "SELECT vector FROM contents WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
 
     def item_of(self, sha256: str) -> ItemMeta | None:
-        """One item's metadata by its id (content hash), without reading the whole table."""
+        """The first name's metadata of one content (its id), without loading the table."""
         with self._lock:
-            self._refresh()
-            position = self._by_sha.get(sha256)
-            return None if position is None else self._items[position]
+            row = self._conn.execute(
+                "SELECT meta FROM names WHERE sha256 = ? ORDER BY row LIMIT 1", (sha256,)
+            ).fetchone()
+        return None if row is None else ItemMeta.from_dict(json.loads(row[0]))
 
-
-class AnnGraph:
-    """FAISS HNSW over a reduced projection of the vectors, re-ranked exactly.
-
-    Why the projection: an HNSW build does hundreds of distance computations per insert, and at
-    the embedders' 1024-1280 dimensions a million-vector build takes close to an hour on two
-    cores. Projecting onto the top principal directions (uncentred, so inner products are
-    preserved as well as possible) makes the build and the walk ~5x cheaper; the graph then
-    only proposes candidates, and their true cosine is computed from the full float32 matrix.
-    The measured recall@10 against exact search is in docs/benchmarks.md (bench/ann.py).
-    """
-
-    def __init__(
-        self, index: Any, projection: np.ndarray | None, key: dict[str, Any], last_row: int
-    ) -> None:
-        self.index = index
-        self.projection = projection
-        self.key = key
-        self.last_row = last_row
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    def _project(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.projection is None:
-            return vectors
-        return np.ascontiguousarray(vectors @ self.projection)
-
-    @classmethod
-    def build(
-        cls,
-        matrix: np.ndarray,
-        rows: np.ndarray,
-        key: dict[str, Any],
-        *,
-        m: int = 32,
-        ef_construction: int = 64,
-        max_dim: int = 256,
-        sample: int = 50_000,
-    ) -> AnnGraph:
-        import faiss
-
-        projection = None
-        if matrix.shape[1] > max_dim:
-            rng = np.random.default_rng(0)
-            chosen = rng.choice(len(matrix), min(len(matrix), sample), replace=False)
-            part = matrix[np.sort(chosen)].astype(np.float64)
-            _, vectors = np.linalg.eigh(part.T @ part)  # ascending eigenvalues
-            projection = np.ascontiguousarray(vectors[:, ::-1][:, :max_dim], dtype=np.float32)
-        dim = matrix.shape[1] if projection is None else max_dim
-        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        graph = cls(index, projection, key, int(rows[-1]) if len(rows) else 0)
-        graph.add(matrix, graph.last_row)
-        return graph
-
-    def add(self, vectors: np.ndarray, last_row: int) -> None:
-        for start in range(0, len(vectors), 50_000):  # bounded temporary memory
-            self.index.add(self._project(vectors[start : start + 50_000]))
-        self.last_row = last_row
-
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        matrix: np.ndarray,
-        *,
-        ef_search: int = 128,
-        candidates: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` positions in ``matrix`` and their exact scores."""
-        candidates = max(k, candidates or max(RERANK_MIN, RERANK_FACTOR * k))
-        self.index.hnsw.efSearch = max(ef_search, candidates)
-        _, found = self.index.search(self._project(query.reshape(1, -1)), candidates)
-        found = found[0][found[0] >= 0]
-        found = found[found < len(matrix)]
-        scores = matrix[found] @ query
-        k = min(k, len(found))
-        if k <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        top = np.argpartition(-scores, k - 1)[:k]
-        order = top[np.argsort(-scores[top], kind="stable")]
-        return found[order], scores[order]
-
-    def save(self, path: Path) -> None:
-        """Atomically (write + rename): a crash leaves the old file or the new one."""
-        import faiss
-
-        meta = json.dumps({**self.key, "last_row": self.last_row, "ntotal": self.ntotal})
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                graph=faiss.serialize_index(self.index),
-                meta=np.array(meta),
-                projection=self.projection if self.projection is not None else np.zeros(0),
-            )
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path, key: dict[str, Any], rows: np.ndarray) -> AnnGraph | None:
-        """The saved graph if it still describes a prefix of ``rows``; None otherwise."""
-        import faiss
-
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as data:
-                meta = json.loads(str(data["meta"]))
-                ntotal = int(meta["ntotal"])
-                if (
-                    {"uuid": meta.get("uuid"), "generation": meta.get("generation")} != key
-                    or ntotal > len(rows)
-                    or ntotal == 0
-                    or int(rows[ntotal - 1]) != int(meta["last_row"])
-                ):
-                    return None
-                index = faiss.deserialize_index(data["graph"])
-                projection = data["projection"] if data["projection"].size else None
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("ignoring the saved HNSW graph %s: %s", path, exc)
-            return None
-        if index.ntotal != ntotal:
-            return None
-        return cls(index, projection, key, int(meta["last_row"]))
-
-
-def _exact_top_k(
-    matrix: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    scores = matrix @ query
-    if mask is not None:
-        scores = np.where(mask, scores, -np.inf)
-        k = min(k, int(mask.sum()))
-    k = min(k, scores.shape[0])
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    top = np.argpartition(-scores, k - 1)[:k]
-    order = top[np.argsort(-scores[top], kind="stable")]
-    return order, scores[order]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,47 @@ def check_upload_size(size: int, limit: int) -> None:
         )
 
 
+class IndexProbe:
+    """The last known state of a remote index, refreshed in a background thread.
+
+    Why: a health check that calls OpenSearch inherits its 30 s timeout and retries, and the
+    load balancer's check times out first. The probe starts at most one count at a time, at
+    most every ``interval`` seconds, waits ``wait`` seconds for it, and otherwise answers with
+    what it knew (``index_reachable`` is None until the first answer)."""
+
+    def __init__(self, index: VectorIndex, *, interval: float = 30.0, wait: float = 0.5) -> None:
+        self._index = index
+        self._interval = interval
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._state: dict[str, Any] = {"index_reachable": None, "count": None}
+        self._checked = -float("inf")
+
+    def _run(self) -> None:
+        try:
+            state: dict[str, Any] = {"index_reachable": True, "count": self._index.count()}
+        except Exception as exc:  # reported, never raised
+            state = {"index_reachable": False, "count": None, "index_error": str(exc)}
+        with self._lock:
+            self._state = state
+            self._checked = time.monotonic()
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            stale = time.monotonic() - self._checked > self._interval
+            if stale and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._run, name="index-probe", daemon=True)
+                self._thread.start()
+            thread = self._thread
+        if stale and thread is not None:
+            thread.join(self._wait)
+        with self._lock:
+            age = time.monotonic() - self._checked
+            checked = round(age, 1) if age != float("inf") else None
+            return {**self._state, "index_checked_s_ago": checked}
+
+
 class SearchPipeline:
     """Detector + embedder + index, and the background indexing jobs that feed the index."""
 
@@ -126,6 +168,7 @@ class SearchPipeline:
         self.embedder = embedder
         self.index = index
         self.jobs = JobManager(self._run_job)
+        self._probe = IndexProbe(index)
         self._cache: OrderedDict[str, AnalyzedImage] = OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
@@ -408,20 +451,28 @@ class SearchPipeline:
         return stats
 
     def health(self) -> dict[str, Any]:
-        """Readiness for /healthz: models loaded and the index answering."""
+        """Readiness for /healthz: models loaded and, for the local index, the database
+        answering. A remote index (OpenSearch) is reported as information only and never
+        waited for: its state comes from a background probe (see :class:`IndexProbe`), so an
+        AOSS slowdown or a data-policy 403 cannot mark every task unhealthy and cycle them."""
         model_loaded = bool(getattr(self.embedder, "loaded", True))
+        backend = getattr(self.index, "name", type(self.index).__name__)
         result: dict[str, Any] = {
             "model_loaded": model_loaded,
             "embedder": self.embedder.model_id,
             "detector": getattr(self.detector, "name", "none") if self.detector else "none",
-            "backend": getattr(self.index, "name", type(self.index).__name__),
+            "backend": backend,
         }
-        try:
-            result["count"] = self.index.count()
-            result["index_reachable"] = True
-        except Exception as exc:  # readiness must report, not raise
-            result["index_reachable"] = False
-            result["error"] = str(exc)
-            result["count"] = None
-        result["ready"] = bool(model_loaded and result["index_reachable"])
+        if backend == "local":
+            try:
+                result["count"] = self.index.count()
+                result["index_reachable"] = True
+            except Exception as exc:  # readiness must report, not raise
+                result["index_reachable"] = False
+                result["error"] = str(exc)
+                result["count"] = None
+            result["ready"] = bool(model_loaded and result["index_reachable"])
+            return result
+        result.update(self._probe.state())
+        result["ready"] = model_loaded
         return result

@@ -47,6 +47,13 @@ def check_under_roots(path: Path, roots: tuple[Path, ...]) -> Path:
     return resolved
 
 
+def file_version(stat: os.stat_result) -> str:
+    """Size, mtime, ctime and inode: an edit that keeps the modification time (``rsync -t``,
+    ``cp --preserve``, ``touch -d``) still moves the ctime, and a file replaced by another
+    moves the inode. Any change makes the indexer hash the file again."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
 class FolderSource:
     """Every regular file under a folder, recursively, in sorted order. Symbolic links to
     folders are not followed (no loops); linked files are read only if they stay inside the
@@ -84,7 +91,7 @@ class FolderSource:
                 if not os.path.isfile(path):
                     continue
                 yield SourceEntry(
-                    uri=_display_uri(path), size_bytes=stat.st_size, version=str(stat.st_mtime_ns)
+                    uri=_display_uri(path), size_bytes=stat.st_size, version=file_version(stat)
                 )
 
     def _link_allowed(self, path: str) -> bool:

@@ -555,19 +555,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             sort = body.get("sort")
             hits_raw = matched
+            fields: list[str] = []
             if sort:
-                first = sort[0] if isinstance(sort[0], dict) else {sort[0]: "asc"}
-                (sort_field, _order), = first.items()
-                hits_raw = sorted(matched, key=lambda t: (t[1].get(sort_field) or ""))
+                # every sort key in order (ascending), missing values first as "" -- like
+                # OpenSearch, documents tying on every key have no defined order between pages
+                for spec in sort:
+                    (name, _order), = (spec if isinstance(spec, dict) else {spec: "asc"}).items()
+                    fields.append(name)
+
+                def sort_key(t: tuple[str, dict]) -> tuple[str, ...]:
+                    return tuple(str(t[1].get(f) or "") for f in fields)
+
+                hits_raw = sorted(matched, key=sort_key)
                 after = body.get("search_after")
                 if after:
-                    hits_raw = [t for t in hits_raw if (t[1].get(sort_field) or "") > after[0]]
+                    bound = tuple(str(v or "") for v in after)
+                    hits_raw = [t for t in hits_raw if sort_key(t) > bound]
             hits = []
             for i, d in hits_raw[:size]:
                 hit = {"_index": "x", "_id": i, "_score": 1.0,
                        "_source": self._source(d, body.get("_source"))}
                 if sort:
-                    hit["sort"] = [d.get(sort_field)]
+                    hit["sort"] = [d.get(f) for f in fields]
                 hits.append(hit)
         self._send(200, {"took": 1, "timed_out": False,
                          "hits": {"total": {"value": len(hits), "relation": "eq"},

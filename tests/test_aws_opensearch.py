@@ -203,13 +203,17 @@ def test_session_token_is_signed(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not fake.auth_failures
 
 
-def test_self_hosted_uses_sha_ids_and_is_idempotent() -> None:
+def test_self_hosted_uses_name_ids_and_is_idempotent() -> None:
+    from search_core.aws.opensearch_index import _name_key
+
     with FakeOpenSearch(strict=False, service=None) as fake:
         index = OpenSearchIndex(_settings(fake.url, auth="none"), dimension=8)
         assert not index.serverless
         vectors, items = _data(10)
         assert index.add(vectors, items) == 10
-        assert '"_id":"' + items[0].sha256 in "\n".join(fake.bodies("_bulk"))
+        assert '"_id":"' + _name_key(items[0].uri) in "\n".join(fake.bodies("_bulk"))
+        again = OpenSearchIndex(_settings(fake.url, auth="none"), dimension=8)
+        assert again.add(vectors, items) == 0 and len(fake.all_docs("visual-search")) == 10
         assert index.stats()["eventual_consistency_note"] == ""
 
 
@@ -266,3 +270,115 @@ def test_real_opensearch() -> None:
     finally:
         index.client.indices.delete(index=name, ignore=[404])
     assert json.dumps(index.stats()["backend"]) == '"opensearch"'
+
+
+# -- issue 10: names and contents, complete deletes, the create race, readiness --------------
+
+
+def _raw_doc(vector: np.ndarray, uri: str, sha: str, key: str | None) -> dict:
+    doc = {"vector": [float(x) for x in vector], "uri": uri, "sha256": sha, "label": "x",
+           "model": "titan", "dimension": 8, "width": 1, "height": 1, "size_bytes": 1,
+           "extra": {}}
+    if key is not None:
+        doc["key"] = key
+    return doc
+
+
+@pytest.mark.parametrize("with_key", [True, False], ids=["keyed", "legacy-no-key"])
+def test_delete_removes_every_copy_across_page_boundaries(
+    aoss: FakeOpenSearch, monkeypatch: pytest.MonkeyPatch, with_key: bool
+) -> None:
+    """Three documents of one hash (AOSS may store a bulk twice) straddling pages of 2: the
+    old sha256-only paging skipped the copies after a page boundary (2 of 3 stayed)."""
+    from search_core.aws import opensearch_index
+
+    monkeypatch.setattr(opensearch_index, "PAGE", 2)
+    vectors, items = _data(5)
+    index = OpenSearchIndex(_settings(aoss.url), dimension=8, model_id="titan")
+    index.add(vectors, items)
+    for _ in range(3):
+        index.client.index(index="visual-search", body=_raw_doc(
+            vectors[2], items[2].uri, items[2].sha256, uuid.uuid4().hex if with_key else None))
+    assert sum(d["sha256"] == items[2].sha256 for d in aoss.all_docs("visual-search")) == 4
+    assert index.delete([items[2].sha256]) == 1
+    left = [d["sha256"] for d in aoss.all_docs("visual-search")]
+    assert items[2].sha256 not in left and len(left) == 4
+    assert all(h.item.sha256 != items[2].sha256 for h in index.search(vectors[2], 10))
+
+
+def test_names_and_contents_apart(aoss: FakeOpenSearch) -> None:
+    """A copy or a rename is linked with the stored vector (no embedding); removing one name
+    keeps the content for the other; a name that changes content loses the old document."""
+    vectors, items = _data(3)
+    index = OpenSearchIndex(_settings(aoss.url), dimension=8, model_id="titan")
+    assert index.add(vectors, items) == 3
+    copy = ItemMeta(uri="s3://b/copy.jpg", sha256=items[0].sha256, dimension=8)
+    unknown = ItemMeta(uri="s3://b/new.jpg", sha256="f" * 64, dimension=8)
+    assert index.link([copy, unknown]) == [unknown]
+    names = {i.uri: i.sha256 for i in index.items()}
+    assert names[copy.uri] == items[0].sha256 and len(names) == 4
+    assert index.remove([items[0].uri]) == 1
+    hits = index.search(vectors[0], 2)
+    assert hits[0].uri == copy.uri and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    edited = ItemMeta(uri=items[1].uri, sha256="e" * 64, dimension=8)
+    assert index.add(vectors[2:3], [edited]) == 1
+    docs = [(d["uri"], d["sha256"]) for d in aoss.all_docs("visual-search")]
+    assert (items[1].uri, items[1].sha256) not in docs and (items[1].uri, "e" * 64) in docs
+    assert len({d["key"] for d in aoss.all_docs("visual-search")}) == len(docs)  # unique keys
+
+
+def test_two_processes_creating_the_index_at_once(aoss: FakeOpenSearch) -> None:
+    """The loser of the create race gets the real 400 body ({"type":
+    "resource_already_exists_exception", "reason": "index [x] already exists"}) and goes on."""
+    first = OpenSearchIndex(_settings(aoss.url), dimension=8)
+    first.ensure_index()
+    aoss.fail("/visual-search", 404, method="HEAD")  # the second checked before it existed
+    second = OpenSearchIndex(_settings(aoss.url), dimension=8)
+    second.ensure_index()
+    assert second.count() == 0
+    assert any(status == 404 for _, _, status in aoss.injected)
+    mismatched = OpenSearchIndex(_settings(aoss.url), dimension=16)
+    aoss.fail("/visual-search", 404, method="HEAD")
+    with pytest.raises(ConfigError, match="holds 8-dimensional"):
+        mismatched.ensure_index()
+
+
+def test_query_vectors_are_checked_like_the_local_index(
+    aoss: FakeOpenSearch, tmp_path
+) -> None:
+    from search_core.local_index import LocalIndex
+    from search_core.vector_check import VectorError
+
+    remote = OpenSearchIndex(_settings(aoss.url), dimension=8)
+    local = LocalIndex(tmp_path, dimension=8, model_id="m")
+    for bad in (np.zeros(8), np.ones(4), np.full(8, np.nan)):
+        messages = []
+        for index in (remote, local):
+            with pytest.raises(VectorError) as info:
+                index.search(bad, 3)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+
+
+def test_readiness_does_not_wait_for_a_hanging_index(tmp_path) -> None:
+    """An endpoint that accepts connections and never answers (an AOSS slowdown): /healthz's
+    readiness answers at once, ready on the models alone, the index state as information."""
+    import socket
+
+    from search_core.models.efficientnet import EfficientNetEmbedder
+    from search_core.pipeline import SearchPipeline
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        settings = _settings(url, auth="none")
+        embedder = EfficientNetEmbedder(Settings().models_dir)
+        embedder.load()
+        pipeline = SearchPipeline(settings, detector=None, embedder=embedder,
+                                  index=OpenSearchIndex(settings, dimension=1280))
+        health = pipeline.health()
+        again = pipeline.health()
+    assert health["ready"] and again["ready"] and health["backend"] == "opensearch"
+    # answered while the count is still hanging (the client waits 30 s, with retries)
+    assert health["index_reachable"] is None and again["index_reachable"] is None

@@ -246,3 +246,43 @@ def test_setup_policy_covers_the_calls_made() -> None:
                "GetAccessPolicy", "UpdateAccessPolicy", "DeleteAccessPolicy", "APIAccessAll"):
         assert f"aoss:{op}" in actions
     assert "aoss:*" not in json.dumps(statements)
+
+
+def test_no_redundancy_creates_without_standby_replicas(env) -> None:
+    aoss, sts, index_client, _, _ = env
+    sent: list[dict] = []
+    aoss.meta.events.register("before-parameter-build.opensearchserverless.CreateCollection",
+                              lambda params, **_: sent.append(dict(params)))
+    aws_setup.setup(SETTINGS, "demo-vectors", aoss=aoss, sts=sts, index_client=index_client,
+                    redundancy=False, poll=0, log=lambda _: None)
+    assert sent[0]["standbyReplicas"] == "DISABLED"
+    parser = argparse.ArgumentParser(prog="search_core")
+    aws_setup.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["aws", "setup", "--collection", "x-y", "--no-redundancy"])
+    assert args.no_redundancy is True
+
+
+@pytest.mark.parametrize("status", ["UPDATE_FAILED", "FAILED", "DELETING"])
+def test_terminal_collection_states_end_the_wait_at_once(status: str) -> None:
+    calls: list[int] = []
+
+    class Aoss:
+        def batch_get_collection(self, names: list[str]) -> dict:
+            calls.append(1)
+            return {"collectionDetails": [{"name": names[0], "status": status,
+                                           "failureMessage": "capacity limit"}]}
+
+    with pytest.raises(Exception, match=f"is {status} \\(capacity limit\\)"):
+        aws_setup.wait_active(Aoss(), "shop", SETTINGS, timeout=3600, poll=0,
+                              log=lambda _: None)
+    assert len(calls) == 1  # no waiting until the timeout
+
+
+def test_setup_policy_allows_only_the_aoss_service_linked_role() -> None:
+    (statement,) = [s for s in _statements("iam-setup-policy.json")
+                    if s["Action"] == "iam:CreateServiceLinkedRole"]
+    assert statement["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "observability.aoss.amazonaws.com"}}
+    assert statement["Resource"].endswith(
+        ":role/aws-service-role/observability.aoss.amazonaws.com/"
+        "AWSServiceRoleForAmazonOpenSearchServerless")

@@ -71,7 +71,10 @@ def test_index_stats_search_reset(cli_env: dict[str, str], corpus: Path, grocery
     assert auto.returncode == 0, auto.stderr
     assert len(last_json(auto.stdout)["results"]) == 3
 
-    reset = run_cli("reset", env=cli_env)
+    refused = run_cli("reset", env=cli_env)  # a script (no terminal) must say --yes
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert last_json(run_cli("stats", env=cli_env).stdout)["count"] == 20
+    reset = run_cli("reset", "--yes", env=cli_env)
     assert reset.returncode == 0 and last_json(reset.stdout)["count"] == 0
 
 
@@ -163,3 +166,69 @@ def test_sigterm_stops_index_at_a_batch_boundary_and_rerun_completes(
             "SELECT COUNT(*), COUNT(DISTINCT sha256) FROM items"
         ).fetchone()
     assert total == distinct == len(photos)
+
+
+# -- issue 10: the contract ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "101", "1000", "ten"])
+def test_k_outside_1_to_100_is_a_one_line_error(cli_env: dict[str, str], k: str,
+                                                grocery: Path) -> None:
+    query = next(grocery.glob("val/**/Banana/*.jpg"))
+    result = run_cli("search", str(query), "--k", k, env=cli_env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: argument --k"), result.stderr
+    assert result.stdout == ""
+
+
+def test_reset_asks_on_a_terminal(cli_env: dict[str, str], corpus: Path) -> None:
+    import pty
+
+    assert run_cli("index", str(corpus), env=cli_env).returncode == 0
+    for answer, removed in (("n", 0), ("y", 20)):
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "search_core", "reset"], cwd=REPO,
+                                    env=cli_env, stdin=follower, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            os.write(leader, f"{answer}\n".encode())
+            out, err = proc.communicate(timeout=120)
+        finally:
+            os.close(leader)
+            os.close(follower)
+        assert "remove all 20 item(s)" in err
+        assert last_json(out)["removed"] == removed, err
+        assert proc.returncode == (0 if removed else 1)
+
+
+def test_search_names_the_object_and_errors_stay_one_line(
+    cli_env: dict[str, str], corpus: Path, scenes: Path
+) -> None:
+    empty = run_cli("search", str(scenes / "grocery_Banana.jpg"), "--object", "whole",
+                    env=cli_env)
+    assert empty.returncode == 0 and "the index is empty" in empty.stderr
+    assert last_json(empty.stdout)["results"] == []
+
+    assert run_cli("index", str(corpus), env=cli_env).returncode == 0
+    whole = run_cli("search", str(scenes / "grocery_Banana.jpg"), "--object", "whole",
+                    "--k", "2", env=cli_env)
+    assert whole.returncode == 0, whole.stderr
+    searched = last_json(whole.stdout)["searched"]
+    assert searched == {"chosen_by": "whole", "kind": "whole", "number": None, "label": None,
+                        "box": None}
+
+    auto = run_cli("search", str(scenes / "darknet_dog.jpg"), "--k", "2", env=cli_env)
+    assert auto.returncode == 0, auto.stderr
+    payload = last_json(auto.stdout)
+    searched = payload["searched"]
+    assert searched["chosen_by"] == "auto" and searched["kind"] == "object"
+    chosen = payload["objects"][searched["number"] - 1]
+    assert searched["label"] == chosen["label"] and searched["box"] == chosen["box"]
+    assert f"searched: object {searched['number']} ({searched['label']})" in auto.stderr
+
+    missing = run_cli("search", str(scenes / "darknet_dog.jpg"), "--object", "99",
+                      env=cli_env)
+    assert missing.returncode == 2
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and "object 99 does not exist" in lines[0], missing.stderr

@@ -37,10 +37,10 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _cli(*args: str, data: Path, roots: Path) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, data: Path, roots: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SEARCH_DATA_DIR": str(data), "SEARCH_DETECTOR": "none",
            "SEARCH_SAMPLE_CATALOGUE": "off", "SEARCH_FOLDER_ROOTS": str(roots),
-           "SEARCH_BATCH_SIZE": "16"}
+           "SEARCH_BATCH_SIZE": "16", **extra}
     return subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -100,29 +100,51 @@ def test_disk_full_while_saving_then_rerun(small_disk: Path) -> None:
     _assert_exactly_once(_rows(data / "index.sqlite3"), files)
 
 
+def test_disk_full_while_saving_the_search_graph_then_rerun(small_disk: Path,
+                                                            tmp_path: Path) -> None:
+    """Issue 10: the rows fit on the 1 MiB disk, the HNSW graph (1280x256 projection alone is
+    1.3 MB) does not. One error line, the summary still printed, the temp file removed, and
+    the rerun on a grown disk builds the graph although nothing is left to embed."""
+    folder, files = _corpus(tmp_path, 20)
+    data = small_disk / "data"
+    full = _cli("index", str(folder), data=data, roots=tmp_path, SEARCH_HNSW_THRESHOLD="5")
+    assert full.returncode == 2, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in full.stderr
+    assert "search graph" in errors[0] and "disk is full" in errors[0], errors
+    summary = json.loads(full.stdout.strip().splitlines()[-1])
+    assert summary["indexed"] == len(files)
+    _assert_exactly_once(_rows(data / "index.sqlite3"), files)
+    assert not list(data.glob("*.tmp")) and not (data / "hnsw.npz").exists()
+
+    grown = subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)],
+                           capture_output=True, text=True)
+    assert grown.returncode == 0, grown.stderr
+    rerun = _cli("index", str(folder), data=data, roots=tmp_path, SEARCH_HNSW_THRESHOLD="5")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["unchanged"] == len(files)
+    assert (data / "hnsw.npz").stat().st_size > 1024 * 1024
+    assert not list(data.glob("*.tmp"))
+
+
 # ------------------------------------------------ injected faults (no root needed, in-process)
 
 
 class _FailingConnection:
-    """Wraps a sqlite3 connection; ``executemany`` raises "database or disk is full" once
-    ``budget`` inserts have gone through, exactly as SQLite does when the disk fills."""
+    """Wraps a sqlite3 connection; storing a content raises "database or disk is full" once
+    ``budget`` contents have gone through, exactly as SQLite does when the disk fills."""
 
     def __init__(self, inner: sqlite3.Connection, budget: int) -> None:
         self._inner = inner
         self.budget = budget
 
     def executemany(self, sql: str, params: Any) -> Any:
-        if sql.startswith("INSERT INTO items"):
-            if self.budget <= 0:
+        if sql.startswith("INSERT INTO contents"):
+            params = list(params)
+            if self.budget < len(params):
                 raise sqlite3.OperationalError(DISK_FULL)
-            self.budget -= 1
+            self.budget -= len(params)
         return self._inner.executemany(sql, params)
-
-    def __enter__(self) -> Any:
-        return self._inner.__enter__()
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._inner.__exit__(*exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -147,7 +169,7 @@ def test_injected_disk_full_keeps_whole_batches(tmp_path: Path,
     folder, files = _corpus(tmp_path)
     data = tmp_path / "data"
     index = LocalIndex(data, dimension=embedder.dimension, model_id=embedder.model_id)
-    index._conn = _FailingConnection(index._conn, budget=1)  # second batch hits a full disk
+    index._conn = _FailingConnection(index._conn, budget=16)  # second batch hits a full disk
     report = Indexer(embedder, index, batch_size=16).run(FolderSource(folder))
     assert report.stopped and "disk is full" in report.error
     assert "nothing of this batch was written" in report.error
@@ -174,7 +196,7 @@ def test_disk_full_in_a_background_job_fails_the_job_not_the_app(
     job.thread.join(120)
     assert job.state == "failed" and "disk is full" in job.error
     assert pipeline.index.count() == 0
-    index._conn.budget = 10  # space freed: the same job again completes
+    index._conn.budget = 10_000  # space freed: the same job again completes
     job = pipeline.jobs.start(str(folder))
     assert job.thread is not None
     job.thread.join(120)

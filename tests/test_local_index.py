@@ -71,3 +71,22 @@ def test_hnsw_above_the_threshold_finds_the_true_neighbours(tmp_path: Path) -> N
         truth = {h.item.sha256 for h in exact.search(query, 10)}
         found += len(truth & {h.item.sha256 for h in approx.search(query, 10)})
     assert found / 500 >= 0.95
+
+
+def test_finalize_builds_the_graph_once_and_clears_dead_writers_temps(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    index = LocalIndex(tmp_path, dimension=16, model_id="m", hnsw_threshold=50)
+    index.add(_unit(rng.normal(size=(200, 16))), _items(200))
+    dead = tmp_path / "hnsw.npz.999999999.deadbeef.tmp"  # a writer killed mid-save
+    dead.write_bytes(b"half a graph")
+    index.finalize()
+    graph = tmp_path / "hnsw.npz"
+    assert graph.exists() and not dead.exists()
+    saved = graph.stat().st_mtime_ns
+    fresh = LocalIndex(tmp_path, dimension=16, model_id="m", hnsw_threshold=50)
+    fresh.finalize()  # nothing changed: the saved graph is current, not loaded nor rewritten
+    assert graph.stat().st_mtime_ns == saved
+    fresh.remove(["/c/a/img0.jpg"])  # a deletion invalidates it: the next finalize rebuilds
+    fresh.finalize()
+    assert graph.stat().st_mtime_ns != saved
+    assert fresh.stats()["graph"] == "ready"

@@ -20,28 +20,47 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import re
+import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
-from opensearchpy import OpenSearch, RequestsAWSV4SignerAuth, RequestsHttpConnection, helpers
+from opensearchpy import OpenSearch, helpers
 from opensearchpy import exceptions as os_exc
 
-from search_core.aws.clients import session as aws_session
 from search_core.aws.clients import translate_error
+from search_core.aws.opensearch_client import AUTH_MODES, build_client, region_of, resolve_auth
 from search_core.config import Settings
 from search_core.errors import BackendError, ConfigError, SearchError
 from search_core.types import ItemMeta, SearchHit
+from search_core.vector_check import check_query, check_vectors
+
+__all__ = [
+    "AUTH_MODES",
+    "OpenSearchIndex",
+    "build_client",
+    "cosine_from_score",
+    "index_body",
+    "region_of",
+    "resolve_auth",
+    "score_from_cosine",
+]
 
 VECTOR_FIELD = "vector"
-KEYWORD_FIELDS = ("uri", "sha256", "label", "model", "category", "tags")
+KEYWORD_FIELDS = ("uri", "sha256", "label", "model", "key", "category", "tags")
+#: paging order of scans: ``key`` is unique per document, so no two documents tie and no
+#: copy is skipped at a page boundary (indexes made before ``key`` existed sort it as missing)
+SCAN_SORT: list[dict[str, Any]] = [
+    {"uri": "asc"},
+    {"sha256": "asc"},
+    {"key": {"order": "asc", "unmapped_type": "keyword"}},
+]
+DELETE_ROUNDS = 5
 INTEGER_FIELDS = ("dimension", "width", "height")
-AUTH_MODES = ("auto", "sigv4-aoss", "sigv4-es", "basic", "none")
 BULK_DOCS = 200
 BULK_BYTES = 5 * 1024 * 1024
 TERMS_CHUNK = 500
@@ -51,28 +70,6 @@ EVENTUAL_CONSISTENCY_NOTE = (
     "OpenSearch Serverless makes newly indexed images searchable only after up to about 60 "
     "seconds; recent additions may not appear in results yet."
 )
-_REGION_RE = re.compile(r"\.([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d)\.(aoss|es)\.amazonaws\.com$")
-
-
-def resolve_auth(settings: Settings) -> str:
-    """The effective auth mode; ``auto`` decides from the endpoint's host name."""
-    mode = settings.opensearch_auth
-    if mode not in AUTH_MODES:
-        raise ConfigError(f"OPENSEARCH_AUTH={mode!r} is not one of {', '.join(AUTH_MODES)}")
-    if mode != "auto":
-        return mode
-    host = (urlparse(settings.opensearch_endpoint).hostname or "").lower()
-    if host.endswith(".aoss.amazonaws.com"):
-        return "sigv4-aoss"
-    if host.endswith(".es.amazonaws.com") or host.endswith(".on.aws"):
-        return "sigv4-es"
-    return "basic" if settings.opensearch_username else "none"
-
-
-def region_of(endpoint: str, default: str) -> str:
-    """The region in an AWS OpenSearch host name (it must match the signature), else default."""
-    match = _REGION_RE.search((urlparse(endpoint).hostname or "").lower())
-    return match.group(1) if match else default
 
 
 def cosine_from_score(score: float) -> float:
@@ -113,54 +110,6 @@ def index_body(dimension: int, m: int, ef_construction: int) -> dict[str, Any]:
     }
 
 
-def build_client(
-    settings: Settings, *, pool: int | None = None, resend: bool = True
-) -> OpenSearch:
-    """An opensearch-py client for ``settings.opensearch_endpoint`` with the right auth.
-
-    ``resend=False``: the transport never sends a request twice (no retry after a timeout, a
-    dropped connection or a 502/503/504), for writes that are not idempotent."""
-    endpoint = settings.opensearch_endpoint.strip()
-    if not endpoint:
-        raise ConfigError("OPENSEARCH_ENDPOINT is not set")
-    if "://" not in endpoint:
-        endpoint = "https://" + endpoint
-    parsed = urlparse(endpoint)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise ConfigError(f"OPENSEARCH_ENDPOINT is not an http(s) URL: {endpoint!r}")
-    mode = resolve_auth(settings)
-    auth: Any = None
-    if mode.startswith("sigv4"):
-        credentials = aws_session(settings).get_credentials()
-        if credentials is None:
-            raise BackendError(
-                "OpenSearch with SigV4 needs AWS credentials: set AWS_PROFILE or "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run with a role"
-            )
-        service = "aoss" if mode == "sigv4-aoss" else "es"
-        auth = RequestsAWSV4SignerAuth(
-            credentials, region_of(endpoint, settings.aws_region), service
-        )
-    elif mode == "basic":
-        if not settings.opensearch_username:
-            raise ConfigError("OPENSEARCH_AUTH=basic needs OPENSEARCH_USERNAME and _PASSWORD")
-        auth = (settings.opensearch_username, settings.opensearch_password)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return OpenSearch(
-        hosts=[{"host": parsed.hostname, "port": port, "url_prefix": parsed.path.rstrip("/")}],
-        http_auth=auth,
-        use_ssl=parsed.scheme == "https",
-        verify_certs=parsed.scheme == "https",
-        ssl_show_warn=False,
-        connection_class=RequestsHttpConnection,
-        pool_maxsize=max(10, pool or settings.titan_max_concurrency + 2),
-        timeout=30,
-        max_retries=3 if resend else 0,
-        retry_on_timeout=resend,
-        retry_on_status=(502, 503, 504) if resend else (),
-    )
-
-
 class OpenSearchIndex:
     """``OpenSearchIndex(settings, dimension=..., model_id="", client=None)``.
 
@@ -189,8 +138,9 @@ class OpenSearchIndex:
         # re-entrant: an error inside ensure_index/reset (which hold it) may forget the index
         self._lock = threading.RLock()
         self._ready = False
-        # Hashes written by this process: AOSS search does not see them for up to ~60 s.
+        # Hashes and names written by this process: AOSS search does not see them for ~60 s.
         self._recent: set[str] = set()
+        self._recent_names: dict[str, tuple[str, str]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -219,6 +169,7 @@ class OpenSearchIndex:
         with self._lock:
             self._ready = False
             self._recent.clear()
+            self._recent_names.clear()
 
     def _error(self, exc: Exception, action: str) -> SearchError:
         if isinstance(exc, os_exc.NotFoundError) and exc.error == "index_not_found_exception":
@@ -255,7 +206,9 @@ class OpenSearchIndex:
             raise self._error(exc, action) from exc
 
     def ensure_index(self) -> None:
-        """Creates the index if missing, checks the dimension if present, waits until usable."""
+        """Creates the index if missing, checks the dimension if present, waits until usable.
+        Two processes may create it at once: the loser's "already exists" answer (recognised
+        by its error type, not its wording) means the index is there."""
         if self._ready:
             return
         with self._lock:
@@ -273,8 +226,9 @@ class OpenSearchIndex:
                 try:
                     self.client.indices.create(index=self.index_name, body=body)
                 except os_exc.RequestError as exc:
-                    if "already_exists" not in str(_reason(exc)):
+                    if _error_type(exc) != "resource_already_exists_exception":
                         raise self._error(exc, "create index") from exc
+                    self._check_dimension()  # created by the other process: same checks
                 except (os_exc.OpenSearchException, ClientError, BotoCoreError) as exc:
                     raise self._error(exc, "create index") from exc
                 self._wait_until_ready()
@@ -306,39 +260,80 @@ class OpenSearchIndex:
             delay = min(delay * 2, 5.0)
 
     # -- VectorIndex ------------------------------------------------------------------------
+    #
+    # One document per name (uri) with its content's sha256 and vector: a copy or a rename is
+    # a second document with the same vector (taken from the stored one, never re-embedded);
+    # a name that changes content gets a new document and loses the old one.
 
     def add(self, vectors: np.ndarray, items: Sequence[ItemMeta]) -> int:
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[0] != len(items):
-            raise ValueError(f"{len(items)} items but vectors of shape {matrix.shape}")
-        if len(items) and matrix.shape[1] != self.dimension:
-            raise ConfigError(
-                f"vectors have {matrix.shape[1]} dimensions, the index expects {self.dimension}"
-            )
+        """Writes each item's name with its vector; returns how many contents were new."""
+        matrix = check_vectors(vectors, len(items), self.dimension)
         if not len(items):
             return 0
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise ValueError("zero or non-finite vector: cannot index it for inner product")
-        matrix = matrix / norms
         self.ensure_index()
         known = self.known_hashes(item.sha256 for item in items)
-        chosen: list[tuple[np.ndarray, ItemMeta]] = []
+        rows: dict[str, tuple[np.ndarray, ItemMeta]] = {}
         for row, item in zip(matrix, items, strict=True):
-            if item.sha256 in known:
-                continue
-            known.add(item.sha256)
-            chosen.append((row, item))
-        if not chosen:
-            return 0
+            rows[item.uri] = (row, item)  # one document per name; the last one wins
+        self._write_names(list(rows.values()))
+        return len({item.sha256 for _, item in rows.values()} - known)
+
+    def link(self, items: Sequence[ItemMeta]) -> list[ItemMeta]:
+        """Writes names for contents already stored, with the stored vector; returns the items
+        whose content is not found."""
+        if not items:
+            return []
+        self.ensure_index()
+        vectors = self._stored_vectors({item.sha256 for item in items})
+        rows = [(vectors[item.sha256], item) for item in items if item.sha256 in vectors]
+        self._write_names(rows)
+        return [item for item in items if item.sha256 not in vectors]
+
+    def _stored_vectors(self, sha256s: set[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        wanted = sorted(sha256s)
+        for start in range(0, len(wanted), TERMS_CHUNK):
+            chunk = wanted[start:start + TERMS_CHUNK]
+            query = {"bool": {"filter": [{"terms": {"sha256": chunk}}]}}
+            for hit in self._scan(query, ["sha256", VECTOR_FIELD]):
+                source = hit.get("_source", {})
+                if source.get("sha256") not in found and source.get(VECTOR_FIELD):
+                    found[source["sha256"]] = np.asarray(source[VECTOR_FIELD], np.float32)
+            if len(found) == len(wanted):
+                break
+        return found
+
+    def _write_names(self, rows: list[tuple[np.ndarray, ItemMeta]]) -> None:
+        """Indexes one new document per name, then deletes the names' older documents (in
+        this order, so a name never disappears from search while it is rewritten). A name
+        already stored with the same content and version is left alone (a rerun writes
+        nothing); so is one this process wrote moments ago (Serverless does not show it yet)."""
+        if not rows:
+            return
+        stored = self._names([item.uri for _, item in rows])
+        with self._lock:
+            stored.update({uri: [("", *state)] for uri, state in self._recent_names.items()
+                           if uri not in stored})
+        fresh = [
+            (row, item)
+            for row, item in rows
+            if (item.sha256, str(item.extra.get("version", "")))
+            not in {(sha, version) for _, sha, version in stored.get(item.uri, [])}
+        ]
+        old = [doc_id for _, item in fresh for doc_id, _, _ in stored.get(item.uri, []) if doc_id]
+        docs: list[tuple[str, dict[str, Any]]] = []
+        for row, item in fresh:
+            key = _name_key(item.uri) if not self.serverless else uuid.uuid4().hex
+            docs.append((key, _document(row, item, self.model_id, self.dimension, key)))
+        if not docs:
+            return
 
         def actions() -> Iterator[dict[str, Any]]:
-            for row, item in chosen:
-                doc = _document(row, item, self.model_id, self.dimension)
+            for key, doc in docs:
                 action: dict[str, Any] = {"_op_type": "index", "_index": self.index_name,
                                           "_source": doc}
                 if not self.serverless:
-                    action["_id"] = item.sha256
+                    action["_id"] = key  # idempotent per name where ids are allowed
                 yield action
 
         outcomes: list[bool] = []
@@ -362,31 +357,100 @@ class OpenSearchIndex:
         finally:
             # streaming_bulk yields one result per action, in order.
             with self._lock:
-                self._recent.update(
-                    item.sha256 for (_, item), ok in zip(chosen, outcomes, strict=False) if ok
-                )
-        added = sum(outcomes)
+                for (_, doc), ok in zip(docs, outcomes, strict=False):
+                    if ok:
+                        self._recent.add(doc["sha256"])
+                        self._recent_names[doc["uri"]] = (
+                            doc["sha256"], str(doc["extra"].get("version", "")))
+        written = sum(outcomes)
         if any(reason.startswith("index_not_found_exception") for reason in failures):
             self._forget_index()
         if failures:
             raise BackendError(
-                f"OpenSearch refused {len(failures)} of {len(chosen)} documents "
-                f"(first: {failures[0]}); {added} were written"
+                f"OpenSearch refused {len(failures)} of {len(docs)} documents "
+                f"(first: {failures[0]}); {written} were written"
             )
-        return added
+        new_ids = {key for key, _ in docs}
+        self._delete_ids([doc_id for doc_id in old if doc_id not in new_ids])
+
+    def _names(self, uris: Sequence[str]) -> dict[str, list[tuple[str, str, str]]]:
+        """uri -> [(document id, sha256, version)] of the stored documents of these names."""
+        wanted = sorted(set(uris))
+        found: dict[str, list[tuple[str, str, str]]] = {}
+        for start in range(0, len(wanted), TERMS_CHUNK):
+            chunk = wanted[start:start + TERMS_CHUNK]
+            query = {"bool": {"filter": [{"terms": {"uri": chunk}}]}}
+            for hit in self._scan(query, ["uri", "sha256", "extra"]):
+                source = hit.get("_source", {})
+                version = str((source.get("extra") or {}).get("version", ""))
+                found.setdefault(source.get("uri", ""), []).append(
+                    (hit["_id"], source.get("sha256", ""), version)
+                )
+        return found
+
+    def _delete_ids(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        actions = (
+            {"_op_type": "delete", "_index": self.index_name, "_id": doc_id} for doc_id in ids
+        )
+        deleted = 0
+        try:
+            for ok, _info in helpers.streaming_bulk(
+                self.client, actions, chunk_size=BULK_DOCS, raise_on_error=False,
+                max_retries=3, initial_backoff=1, max_backoff=20,
+            ):
+                deleted += bool(ok)
+        except (os_exc.OpenSearchException, ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "bulk delete") from exc
+        return deleted
+
+    def _delete_where(self, field: str, values: Sequence[str]) -> set[str]:
+        """Deletes every document whose ``field`` is one of ``values``; returns the values
+        that had documents. Scans again until a scan finds nothing not yet deleted, so even
+        documents without a unique key (older indexes) cannot survive at a page boundary;
+        documents already deleted but still visible (Serverless) do not prolong it."""
+        wanted = sorted(set(values))
+        deleted: set[str] = set()
+        matched: set[str] = set()
+        for _ in range(DELETE_ROUNDS):
+            targets: list[tuple[str, str]] = []
+            for start in range(0, len(wanted), TERMS_CHUNK):
+                chunk = wanted[start:start + TERMS_CHUNK]
+                query = {"bool": {"filter": [{"terms": {field: chunk}}]}}
+                targets += [
+                    (hit["_id"], hit["_source"][field])
+                    for hit in self._scan(query, [field])
+                    if hit["_id"] not in deleted
+                ]
+            if not targets:
+                break
+            self._delete_ids([doc_id for doc_id, _ in targets])
+            deleted.update(doc_id for doc_id, _ in targets)
+            matched.update(value for _, value in targets)
+        return matched
+
+    def remove(self, uris: Iterable[str]) -> int:
+        wanted = sorted({u for u in uris if u})
+        if not wanted:
+            return 0
+        self.ensure_index()
+        removed = self._delete_where("uri", wanted)
+        # the hashes this process wrote may now have no name left: ask the index again
+        with self._lock:
+            self._recent.clear()
+            for uri in wanted:
+                self._recent_names.pop(uri, None)
+        return len(removed)
+
+    def finalize(self) -> None:
+        """Nothing to do: OpenSearch maintains its own HNSW graphs."""
 
     def search(
         self, vector: np.ndarray, k: int, filters: dict[str, Any] | None = None
     ) -> list[SearchHit]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dimension:
-            raise ConfigError(
-                f"query has {query.shape[0]} dimensions, the index expects {self.dimension}"
-            )
-        norm = float(np.linalg.norm(query))
-        if norm == 0 or not np.isfinite(norm):
-            raise ValueError("zero or non-finite query vector")
-        query = query / norm
+        """Top ``k`` names by cosine (copies of one content are separate hits)."""
+        query = check_query(vector, self.dimension)
         k = max(1, int(k))
         fetch = min(max(2 * k, k + 10), 10_000)  # headroom for duplicate documents
         knn: dict[str, Any] = {"vector": query.tolist(), "k": fetch}
@@ -405,9 +469,9 @@ class OpenSearchIndex:
         for hit in response.get("hits", {}).get("hits", []):
             source = hit.get("_source", {})
             item = _item(source)
-            if item.sha256 in seen:
+            if item.uri in seen:
                 continue
-            seen.add(item.sha256)
+            seen.add(item.uri)
             hits.append(SearchHit(uri=item.uri, score=cosine_from_score(hit["_score"]), item=item))
             if len(hits) == k:
                 break
@@ -436,16 +500,15 @@ class OpenSearchIndex:
         return found
 
     def _scan(self, query: dict[str, Any], source: Any) -> Iterator[dict[str, Any]]:
-        """All matching hits, paged with search_after on sha256 (scroll is not on AOSS).
-        Exact duplicates of one hash straddling a page boundary are skipped, which is what
-        callers want (items are unique by sha256)."""
+        """All matching hits, paged with search_after (scroll is not on AOSS) in
+        :data:`SCAN_SORT` order, which has no ties between documents that have a key."""
         after: list[Any] | None = None
         while True:
             body: dict[str, Any] = {
                 "size": PAGE,
                 "_source": source,
                 "query": query,
-                "sort": [{"sha256": "asc"}],
+                "sort": SCAN_SORT,
             }
             if after is not None:
                 body["search_after"] = after
@@ -457,42 +520,27 @@ class OpenSearchIndex:
             after = page[-1]["sort"]
 
     def items(self) -> Iterator[ItemMeta]:
+        """One item per name."""
         self.ensure_index()
         seen: set[str] = set()
         for hit in self._scan({"match_all": {}}, {"excludes": [VECTOR_FIELD]}):
             item = _item(hit.get("_source", {}))
-            if item.sha256 not in seen:
-                seen.add(item.sha256)
+            if item.uri not in seen:
+                seen.add(item.uri)
                 yield item
 
     def delete(self, sha256s: Iterable[str]) -> int:
+        """Removes contents with every name that has them; returns how many had documents."""
         wanted = sorted({s for s in sha256s if s})
         if not wanted:
             return 0
         self.ensure_index()
-        removed: set[str] = set()
-        for start in range(0, len(wanted), TERMS_CHUNK):
-            chunk = wanted[start:start + TERMS_CHUNK]
-            query = {"bool": {"filter": [{"terms": {"sha256": chunk}}]}}
-            targets = [(h["_id"], h["_source"]["sha256"]) for h in self._scan(query, ["sha256"])]
-            if not targets:
-                continue
-            actions = (
-                {"_op_type": "delete", "_index": self.index_name, "_id": doc_id}
-                for doc_id, _ in targets
-            )
-            try:
-                for ok, _info in helpers.streaming_bulk(
-                    self.client, actions, chunk_size=BULK_DOCS, raise_on_error=False,
-                    max_retries=3, initial_backoff=1, max_backoff=20,
-                ):
-                    if not ok:
-                        continue
-            except (os_exc.OpenSearchException, ClientError, BotoCoreError) as exc:
-                raise self._error(exc, "bulk delete") from exc
-            removed.update(sha for _, sha in targets)
+        removed = self._delete_where("sha256", wanted)
         with self._lock:
             self._recent.difference_update(wanted)
+            self._recent_names = {
+                uri: state for uri, state in self._recent_names.items() if state[0] not in removed
+            }
         return len(removed)
 
     def reset(self) -> None:
@@ -505,6 +553,7 @@ class OpenSearchIndex:
                 raise self._error(exc, "delete index") from exc
             self._ready = False
             self._recent.clear()
+            self._recent_names.clear()
         self.ensure_index()
 
     def count(self) -> int:
@@ -529,9 +578,18 @@ class OpenSearchIndex:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _document(row: np.ndarray, item: ItemMeta, model_id: str, dimension: int) -> dict[str, Any]:
+def _name_key(uri: str) -> str:
+    """The document key of a name where custom ids are allowed: rewriting a name replaces its
+    document instead of adding one."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _document(
+    row: np.ndarray, item: ItemMeta, model_id: str, dimension: int, key: str
+) -> dict[str, Any]:
     return {
         VECTOR_FIELD: [float(x) for x in row],
+        "key": key,
         "uri": item.uri,
         "sha256": item.sha256,
         "label": item.label,
@@ -548,7 +606,7 @@ def _document(row: np.ndarray, item: ItemMeta, model_id: str, dimension: int) ->
 
 
 def _item(source: dict[str, Any]) -> ItemMeta:
-    data = {k: v for k, v in source.items() if k != VECTOR_FIELD}
+    data = {k: v for k, v in source.items() if k not in (VECTOR_FIELD, "key")}
     return ItemMeta.from_dict(data)
 
 
@@ -574,6 +632,16 @@ def _reason(exc: os_exc.TransportError) -> str:
     if isinstance(error, dict):
         return str(error.get("reason") or error.get("type") or error)
     return str(error or exc.error or exc)
+
+
+def _error_type(exc: os_exc.TransportError) -> str:
+    """The error's ``type`` (``resource_already_exists_exception``...): stable across versions,
+    unlike the reason text (``index [x] already exists``)."""
+    info = exc.info if isinstance(exc.info, dict) else {}
+    error = info.get("error")
+    if isinstance(error, dict) and error.get("type"):
+        return str(error["type"])
+    return str(exc.error or "")
 
 
 def _item_reason(result: dict[str, Any]) -> str:

@@ -173,6 +173,11 @@ def _ensure_access_policy(aoss: Any, name: str, collection: str, principals: lis
     log(f"  data access policy {name}: added {', '.join(missing)}")
 
 
+#: collection states that will not become ACTIVE by waiting (UPDATE_FAILED: an update of
+#: the collection failed; DELETING: somebody is removing it)
+TERMINAL_STATES = frozenset({"FAILED", "UPDATE_FAILED", "DELETING", "MISSING"})
+
+
 def wait_active(aoss: Any, name: str, settings: Settings, *, timeout: float, poll: float,
                 log: Log) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -181,8 +186,13 @@ def wait_active(aoss: Any, name: str, settings: Settings, *, timeout: float, pol
         status = (detail or {}).get("status", "MISSING")
         if status == "ACTIVE" and detail:
             return detail
-        if status in {"FAILED", "MISSING"}:
-            raise BackendError(f"collection {name} is {status}: see the OpenSearch console")
+        if status in TERMINAL_STATES:
+            reason = (detail or {}).get("failureMessage") or (detail or {}).get("failureCode")
+            why = f" ({reason})" if reason else ""
+            raise BackendError(
+                f"collection {name} is {status}{why}: see the OpenSearch console; "
+                "`aws teardown` then `aws setup` starts it again"
+            )
         if time.monotonic() > deadline:
             raise BackendError(f"collection {name} still {status} after {timeout:.0f} s")
         log(f"  collection {name}: {status}, waiting...")
@@ -222,6 +232,7 @@ def setup(
     *,
     principals: Sequence[str] = (),
     with_index: bool = True,
+    redundancy: bool = True,
     aoss: Any = None,
     sts: Any = None,
     index_client: Any = None,
@@ -250,7 +261,12 @@ def setup(
     if _get_collection(aoss, collection, settings) is None:
         _create_or_keep(
             lambda: aoss.create_collection(
-                name=collection, type="VECTORSEARCH", description="visual-search vectors"
+                name=collection,
+                type="VECTORSEARCH",
+                description="visual-search vectors",
+                # DISABLED: no standby replicas in a second AZ -- half the idle OCUs, for
+                # demos and development; production keeps the default (ENABLED)
+                standbyReplicas="ENABLED" if redundancy else "DISABLED",
             ),
             f"collection {collection}", result, log, settings,
         )
@@ -343,6 +359,9 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
                     help="extra IAM role/user ARN allowed to read/write (e.g. the app's role)")
     up.add_argument("--no-index", action="store_true", help="do not create the k-NN index")
     up.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for ACTIVE")
+    up.add_argument("--no-redundancy", action="store_true",
+                    help="no standby replicas (standbyReplicas=DISABLED): about half the idle "
+                         "cost, for demos; cannot be changed after creation")
     up.set_defaults(func=handle_cli)
     down = sub.add_parser("teardown", help="Delete the collection and its policies")
     down.add_argument("--collection", required=True)
@@ -356,7 +375,8 @@ def handle_cli(args: argparse.Namespace, settings: Settings | None = None) -> in
     try:
         if args.aws_command == "setup":
             result = setup(settings, args.collection, principals=args.principal,
-                           with_index=not args.no_index, timeout=args.timeout)
+                           with_index=not args.no_index, timeout=args.timeout,
+                           redundancy=not args.no_redundancy)
             print(f"\nCollection endpoint: {result.endpoint}")
             print("Use it with:")
             print(f"  export AWS_REGION={settings.aws_region}")
