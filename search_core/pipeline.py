@@ -289,24 +289,23 @@ class SearchPipeline:
         return hits[:k]
 
     def near_duplicate_pairs(self, max_items: int = 20_000) -> list[tuple[str, str, float]]:
-        """(uri, uri, cosine) of catalogue items at or above the near-duplicate threshold,
-        most similar first; [] when the index keeps no vectors or is larger than
-        ``max_items`` (an all-pairs check is O(N²))."""
-        vector_of = getattr(self.index, "vector_of", None)
+        """(uri, uri, cosine) of distinct contents at or above the near-duplicate threshold,
+        most similar first (byte-identical copies are one content, not a pair); [] when the
+        index keeps no vectors or holds more than ``max_items`` (all pairs is O(N²))."""
         threshold = self.settings.near_duplicate
-        if not callable(vector_of) or threshold <= 0 or self.index.count() > max_items:
+        stored = getattr(self.index, "vectors", None)
+        if not callable(stored) or threshold <= 0 or self.index.count() > max_items:
             return []
-        items, vectors = [], []
-        for item in self.index.items():
-            vector = vector_of(item.sha256)
-            if vector is not None:
-                items.append(item)
-                vectors.append(vector)
-        if len(items) < 2:
+        matrix, names = stored()
+        first: dict[str, int] = {}
+        for row, item in enumerate(names):
+            first.setdefault(item.sha256, row)
+        rows = sorted(first.values())
+        if len(rows) < 2:
             return []
-        pairs = near_duplicate_pairs(np.stack(vectors), threshold)
+        pairs = near_duplicate_pairs(matrix[rows], threshold)
         pairs.sort(key=lambda p: -p[2])
-        return [(items[i].uri, items[j].uri, score) for i, j, score in pairs]
+        return [(names[rows[i]].uri, names[rows[j]].uri, score) for i, j, score in pairs]
 
     def facets(self) -> dict[str, list[str]]:
         """Categories and tags of the catalogue (filter choices), cached per item count."""
