@@ -473,6 +473,30 @@ def _duplicates_note(job: dict[str, Any]) -> str:
     return "\n\n**Skipped as duplicate:**\n" + "\n".join(lines) + more
 
 
+#: near-duplicate pairs found after each finished job (job id -> Markdown), computed once
+_NEAR_DUPLICATES: dict[str, str] = {}
+#: the all-pairs check is O(N²): above this many items the Index tab leaves it to the CLI
+UI_NEAR_DUPLICATE_LIMIT = 5_000
+
+
+def _near_duplicates_note(job: dict[str, Any]) -> str:
+    """After a job that added images: the catalogue's near-duplicate pairs (first five)."""
+    if job["state"] != "finished" or not job["indexed"]:
+        return ""
+    if job["id"] not in _NEAR_DUPLICATES:
+        pairs = get_pipeline().near_duplicate_pairs(max_items=UI_NEAR_DUPLICATE_LIMIT)
+        lines = [f"- `{a}` ~ `{b}` ({_percent(score)})" for a, b, score in pairs[:5]]
+        more = f"\n- … and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+        _NEAR_DUPLICATES[job["id"]] = (
+            f"\n\n**Near-duplicates in the catalogue:** {len(pairs)} pair(s)\n"
+            + "\n".join(lines)
+            + more
+            if pairs
+            else ""
+        )
+    return _NEAR_DUPLICATES[job["id"]]
+
+
 def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
     pipeline = get_pipeline()
     latest = pipeline.jobs.latest()
@@ -488,7 +512,7 @@ def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
             f"**other files skipped** {job['not_images']} · {failed} · "
             f"**pruned** {job['pruned']} · {job['seconds']:.1f} s"
         )
-        counts += _duplicates_note(job)
+        counts += _duplicates_note(job) + _near_duplicates_note(job)
         if job["error"]:
             counts += f"\n\n⚠️ {job['error']}"
         elif job["indexed"] and _eventually_consistent():
