@@ -557,84 +557,12 @@ def reset_index(confirmed: bool) -> tuple[dict[str, Any], Any, str]:
     return pipeline.stats(), gr.update(value=False), f"Removed {removed} item(s)."
 
 
-#: Page styles (rendered through a gr.HTML block: the server mounts the app with
-#: gr.mount_gradio_app, which replaces any css given to Blocks).
-CSS = """
-<style>
-#detections-image img { cursor: crosshair; user-select: none; -webkit-user-drag: none;
-  object-fit: contain !important; }
-#results .caption-label { white-space: pre-line !important; overflow: visible !important;
-  text-overflow: clip !important; line-height: 1.25; max-width: 100% !important;
-  font-size: 0.8em; }
-#results .grid-wrap { max-height: none !important; height: auto !important;
-  overflow: visible !important; }
-.drag-box { position: fixed; border: 2px dashed #fff; outline: 1px solid #000;
-  background: rgba(255,255,255,.15); pointer-events: none; z-index: 1000; }
-</style>
-"""
-
-#: Pointer on the photo. A click becomes "x,y" and a drag "x0,y0,x1,y1", as fractions of the
-#: picture as shown (object-fit: contain), handed to Python by clicking the hidden
-#: #apply-point / #apply-box buttons, whose events read them through POINT_JS / BOX_JS (a
-#: value set on a hidden field from a script does not reach Gradio's state). Why not
-#: gr.Image's select event: it reports clicks only, and with pixel coordinates that are off
-#: when the picture is letterboxed.
-DRAG_JS = """
-() => {
-  if (window.__visualSearchDrag) return;
-  window.__visualSearchDrag = true;
-  let start = null, rect = null, swallow = false;
-  const picture = (el) => el && el.closest && el.closest('#detections-image') &&
-    el.tagName === 'IMG' ? el : null;
-  const shown = (img) => {
-    const r = img.getBoundingClientRect();
-    const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
-    const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
-    return {left: r.left + (r.width - w) / 2, top: r.top + (r.height - h) / 2, w, h};
-  };
-  document.addEventListener('dragstart', (e) => {
-    if (picture(e.target)) e.preventDefault();
-  }, true);
-  document.addEventListener('pointerdown', (e) => {
-    const img = picture(e.target);
-    if (!img || e.button !== 0) return;
-    start = {x: e.clientX, y: e.clientY, img};
-  }, true);
-  document.addEventListener('pointermove', (e) => {
-    if (!start) return;
-    const dx = Math.abs(e.clientX - start.x), dy = Math.abs(e.clientY - start.y);
-    if (!rect && dx + dy < 8) return;
-    if (!rect) { rect = document.createElement('div'); rect.className = 'drag-box';
-                 document.body.appendChild(rect); }
-    rect.style.left = Math.min(e.clientX, start.x) + 'px';
-    rect.style.top = Math.min(e.clientY, start.y) + 'px';
-    rect.style.width = dx + 'px'; rect.style.height = dy + 'px';
-  }, true);
-  document.addEventListener('pointerup', (e) => {
-    if (!start) return;
-    const s = start; start = null;
-    const p = shown(s.img);
-    const fx = (x) => Math.min(Math.max((x - p.left) / p.w, 0), 1);
-    const fy = (y) => Math.min(Math.max((y - p.top) / p.h, 0), 1);
-    if (!rect) {  // a click: the object under it
-      const point = [fx(e.clientX), fy(e.clientY)];
-      window.__visualSearchPoint = point.map((v) => v.toFixed(4)).join(',');
-      const pick = document.querySelector('#apply-point');
-      if (pick) pick.click();
-      return;
-    }
-    rect.remove(); rect = null; swallow = true;
-    setTimeout(() => { swallow = false; }, 400);
-    const box = [fx(s.x), fy(s.y), fx(e.clientX), fy(e.clientY)].map((v) => v.toFixed(4));
-    window.__visualSearchBox = box.join(',');
-    const apply = document.querySelector('#apply-box');
-    if (apply) apply.click();
-  }, true);
-  document.addEventListener('click', (e) => {
-    if (swallow && picture(e.target)) { e.stopPropagation(); e.preventDefault(); swallow = false; }
-  }, true);
-}
-"""
+#: The page's styles and pointer script live in search_core/ui/ (see pointer.js for why a
+#: script). The styles go in through a gr.HTML block: the server mounts the app with
+#: gr.mount_gradio_app, which replaces any css given to Blocks.
+UI_DIR = Path(__file__).resolve().parent / "search_core" / "ui"
+CSS = "<style>\n" + (UI_DIR / "page.css").read_text(encoding="utf-8") + "</style>"
+POINTER_JS = (UI_DIR / "pointer.js").read_text(encoding="utf-8")
 
 #: Replace the [photo, box] inputs of the hidden buttons' events with what the pointer did.
 BOX_JS = "(path, box) => [path, window.__visualSearchBox || box]"
@@ -893,7 +821,7 @@ def build_demo() -> gr.Blocks:
             reset.click(reset_index, [confirm], [stats, confirm, reset_status], api_name="reset")
         demo.load(_job_view, None, view, api_visibility="private")
         demo.load(refresh_filters, None, [category, tags], api_visibility="private")
-        demo.load(None, None, None, js=DRAG_JS)
+        demo.load(None, None, None, js=POINTER_JS)
     return demo
 
 
