@@ -101,8 +101,9 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     (
         "SEARCH_TAGS",
-        "true",
-        "Store automatic tags at index time (detector labels, ImageNet labels of EfficientNet).",
+        "all",
+        "Automatic tags stored at index time: `all` (detector labels + EfficientNet's ImageNet "
+        "labels; the detector costs ingest speed), `keywords` (ImageNet labels only, free), `off`.",
     ),
     (
         "SEARCH_NEAR_DUPLICATE",
@@ -173,7 +174,7 @@ class Settings:
     folder_roots: tuple[Path, ...] = ()
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
-    tags: bool = True
+    tags: str = "all"
     near_duplicate: float = 0.90
     clip_model: str = "openai/clip-vit-base-patch32"
     aws_region: str = "us-east-1"
@@ -214,7 +215,9 @@ class Settings:
             sample_catalogue=_optional_path(
                 _env("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"))
             ),
-            tags=_env_bool("SEARCH_TAGS", True),
+            tags={"true": "all", "1": "all", "false": "off", "0": "off"}.get(
+                _env("SEARCH_TAGS", "all").lower(), _env("SEARCH_TAGS", "all").lower()
+            ),
             near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.90),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
@@ -239,6 +242,7 @@ class Settings:
             "SEARCH_DETECTOR": (self.detector, {"local", "rekognition", "none"}),
             "SEARCH_EMBEDDER": (self.embedder, {"efficientnet", "clip", "titan"}),
             "SEARCH_INDEX": (self.index, {"local", "opensearch"}),
+            "SEARCH_TAGS": (self.tags, {"all", "keywords", "off"}),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:

@@ -373,11 +373,20 @@ class SearchPipeline:
 
     # -- indexing ------------------------------------------------------------------------------
 
+    def _tagger(self) -> Tagger | None:
+        """SEARCH_TAGS: ``all`` runs the detector on every catalogue image (its labels are the
+        tags a shopper types, "Footwear"), ``keywords`` only keeps the ImageNet labels that
+        come free with EfficientNet's vector, ``off`` stores none."""
+        mode = self.settings.tags
+        if mode == "off":
+            return None
+        return Tagger(self.detector if mode == "all" else None, self.embedder)
+
     def indexer(self) -> Indexer:
         # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
         preferred = int(getattr(self.embedder, "preferred_batch_size", 0) or 0)
         return Indexer(
-            tagger=Tagger(self.detector, self.embedder) if self.settings.tags else None,
+            tagger=self._tagger(),
             embedder=self.embedder,
             index=self.index,
             batch_size=max(self.settings.batch_size, preferred),
