@@ -276,3 +276,14 @@ def test_cli_index_reports_near_duplicates_and_search_filters(tmp_path: Path) ->
     assert results and all("/Lime/" in r["uri"] for r in results)
     run = cli("search", str(photo), "--filter", "colour=red")
     assert run.returncode == 2 and "unknown filter 'colour'" in run.stderr
+
+
+def test_tag_modes_choose_what_runs_at_index_time(tmp_path: Path) -> None:
+    def tagger(mode: str):
+        return build_pipeline(Settings(data_dir=tmp_path / mode, tags=mode,
+                                       sample_catalogue=None))._tagger()
+
+    assert tagger("all").detector is not None  # detector labels: the costly part
+    keywords = tagger("keywords")
+    assert keywords.detector is None and keywords.has_keywords
+    assert tagger("off") is None
