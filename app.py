@@ -10,23 +10,21 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import hashlib
 import html
-import io
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from search_core.crop import box_from_pixels, draw_detections, object_at
-from search_core.errors import ImageError, SearchError
+from search_core.errors import SearchError
 from search_core.factory import get_pipeline
 from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
 from search_core.sources import open_source
 from search_core.tags import item_category, item_tags, product_name, short_source
+from search_core.tempstore import jpeg_file
 from search_core.types import Box, SearchHit
+from search_core.uploads import check_upload_path, read_upload, upload_folder
 
 MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
@@ -37,28 +35,31 @@ AOSS_NOTE = (
 
 
 class QueryImage(gr.Image):
-    """``gr.Image(type="filepath")`` that hands the uploaded file over untouched.
+    """``gr.Image(type="filepath")`` that hands the uploaded file over undecoded.
 
     Why: Gradio's own preprocessing opens every upload with Pillow and converts anything not
     RGB itself before our code sees it. That fails with a raw "Could not preprocess input"
     on HTML/PDF/empty files and on big decompression bombs, decodes smaller bombs in full
     (hundreds of MB) past SEARCH_MAX_PIXELS, clips 16-bit PNGs to white and puts transparent
     backgrounds on black. :func:`search_core.images.load_image` does all of it properly and
-    with messages a user can act on, so the file goes straight there.
+    with messages a user can act on, so the file goes straight there — but only a file inside
+    Gradio's upload folder (:mod:`search_core.uploads`: a client writes this path).
     """
 
     is_template = True  # rendered by the stock Image front-end component
 
     def preprocess(self, payload: Any) -> Any:
-        path = getattr(payload, "path", None)
-        url = getattr(payload, "url", None) or ""
-        if path and not url.startswith("data:"):
-            return str(path)  # Gradio already checked the path lies in its upload folder
-        return super().preprocess(payload)
+        if payload is None:
+            return None
+        try:
+            return str(check_upload_path(str(getattr(payload, "path", None) or "")))
+        except SearchError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
 
 
-#: Result images written once and renamed into place (see :func:`image_file`).
-IMAGE_FILES = Path(tempfile.gettempdir()) / "visual-search-images"
+#: Result images, in Gradio's upload folder so that Gradio serves them without copying them and
+#: the temp-folder cap (SEARCH_TEMP_MAX_MB) covers them.
+IMAGE_FILES = upload_folder() / "visual-search-images"
 
 
 def image_file(image: Any, name: str | None = None) -> str:
@@ -67,24 +68,11 @@ def image_file(image: Any, name: str | None = None) -> str:
     Why not return the PIL image: Gradio saves it to its cache under a hash of the bytes and
     rewrites that file in place every time, so when two users get the same preview at once, a
     download of it can be cut short ("peer closed connection without sending complete message
-    body", seen with 20 users in bench/load.py). A file Gradio copies into its cache by rename
-    is never seen half-written. ``name`` (a content hash) lets callers skip the encoding when
-    the file already exists.
+    body", seen with 20 users in bench/load.py). A file renamed into place is never seen
+    half-written. ``name`` (a content hash) lets callers skip the encoding when the file
+    already exists.
     """
-    if name is not None:
-        path = IMAGE_FILES / f"{name}.jpg"
-        if path.exists():
-            return str(path)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=88)
-    data = buffer.getvalue()
-    path = IMAGE_FILES / f"{name or hashlib.sha256(data).hexdigest()[:40]}.jpg"
-    if not path.exists():
-        IMAGE_FILES.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.part")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    return str(path)
+    return str(jpeg_file(IMAGE_FILES, image, name))
 
 
 def preview_file(uri: str, sha256: str) -> str | None:
@@ -101,11 +89,8 @@ def preview_file(uri: str, sha256: str) -> str | None:
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageError(f"the uploaded file cannot be read ({exc.strerror or exc})") from exc
-    return get_pipeline().analyze(data)
+    pipeline = get_pipeline()
+    return pipeline.analyze(read_upload(path, pipeline.settings.max_upload_bytes))
 
 
 def _choices(analyzed: AnalyzedImage | None) -> list[tuple[str, str]]:

@@ -187,10 +187,14 @@ def _searched(analyzed: AnalyzedImage, region: str | int | Box) -> dict[str, Any
 
 
 def basic_auth(auth: Auth | None) -> Callable[[Request], Awaitable[None]]:
-    """A dependency checking HTTP Basic credentials against the UI's (no-op without auth)."""
+    """A dependency checking HTTP Basic credentials against the UI's (no-op without auth).
+
+    Behind the server's auth wall (:class:`search_core.webauth.AuthWall`, which also rate-limits
+    logins and accepts a browser session) the request arrives with ``state.user`` set and
+    passes; the check here covers the API mounted without the wall (tests, embedding)."""
 
     async def check(request: Request) -> None:
-        if not auth:
+        if not auth or getattr(request.state, "user", None):
             return
         header = request.headers.get("authorization", "")
         scheme, _, encoded = header.partition(" ")

@@ -50,9 +50,12 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 def _pipeline(settings: Settings | None = None):
+    """The pipeline with no folder allow-list: SEARCH_FOLDER_ROOTS guards the web UI, where
+    strangers type paths; the command line is the owner's tool (``index ~/Pictures`` works)."""
     from search_core.factory import build_pipeline
 
-    return build_pipeline(settings or Settings.from_env())
+    settings = settings or Settings.from_env()
+    return build_pipeline(dataclasses.replace(settings, folder_roots=()))
 
 
 def _progress_bar(total_hint: int = 0):

@@ -55,6 +55,31 @@ def _optional_path(raw: str) -> Path | None:
     return Path(raw).expanduser().resolve()
 
 
+def memory_limit_mb() -> int:
+    """The container's memory limit (cgroup v2/v1) or the machine's RAM, in MiB."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 50:
+            return int(raw) // 2**20
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2048
+
+
+def decodes_for_memory(limit_mb: int | None = None) -> int:
+    """Concurrent decodes that fit: ~800 MiB for the process and models, ~350 MiB per search
+    of a 50 MP image (one full-size buffer, the input bytes and Gradio's copy), 1 to 4."""
+    limit = memory_limit_mb() if limit_mb is None else limit_mb
+    return max(1, min(4, (limit - 800) // 350))
+
+
 # (variable, default, meaning) -- the README table is rendered from this list.
 SETTINGS_DOC: list[tuple[str, str, str]] = [
     ("SEARCH_DATA_DIR", "./data", "Local data directory: the local index and its metadata."),
@@ -84,6 +109,22 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     ("SEARCH_MAX_SIDE", "2048", "Images are downscaled so their long side is at most this."),
     ("SEARCH_MAX_UPLOAD_MB", "50", "Uploads and source files larger than this are refused."),
+    (
+        "SEARCH_MAX_DECODES",
+        "0 (from the memory limit)",
+        "Images decoded at once (each up to ~350 MB at 50 MP); 0 = (memory limit - 800 MB) / 350 MB, 1 to 4.",
+    ),
+    (
+        "SEARCH_TEMP_MAX_MB",
+        "500",
+        "Size cap of the web app's temp folder (uploads, Gradio cache, result images); least recently used files are deleted first.",
+    ),
+    (
+        "SEARCH_LOGIN_MAX_FAILURES",
+        "10",
+        "Failed logins per client or user before a lock-out (slowed down from the 4th).",
+    ),
+    ("SEARCH_LOGIN_LOCKOUT_S", "300", "Seconds a locked client or user is refused (HTTP 429)."),
     (
         "SEARCH_FOLDER_ROOTS",
         "(repo, ../shared/data, SEARCH_DATA_DIR)",
@@ -171,6 +212,10 @@ class Settings:
     max_pixels: int = 50_000_000
     max_side: int = 2048
     max_upload_bytes: int = 50 * 1024 * 1024
+    max_decodes: int = 1
+    temp_max_bytes: int = 500 * 1024 * 1024
+    login_max_failures: int = 10
+    login_lockout_s: float = 300.0
     folder_roots: tuple[Path, ...] = ()
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
@@ -207,6 +252,10 @@ class Settings:
             max_pixels=_env_int("SEARCH_MAX_PIXELS", 50_000_000),
             max_side=_env_int("SEARCH_MAX_SIDE", 2048),
             max_upload_bytes=int(_env_float("SEARCH_MAX_UPLOAD_MB", 50) * 1024 * 1024),
+            max_decodes=_env_int("SEARCH_MAX_DECODES", 0) or decodes_for_memory(),
+            temp_max_bytes=int(_env_float("SEARCH_TEMP_MAX_MB", 500) * 1024 * 1024),
+            login_max_failures=max(1, _env_int("SEARCH_LOGIN_MAX_FAILURES", 10)),
+            login_lockout_s=max(0.0, _env_float("SEARCH_LOGIN_LOCKOUT_S", 300.0)),
             folder_roots=tuple(
                 Path(p).expanduser().resolve()
                 for p in _env_list("SEARCH_FOLDER_ROOTS", default_roots)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from search_core.budget import decode_slot
 from search_core.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -58,26 +60,102 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Converts every mode Pillow may hand us to 8-bit RGB; transparency goes onto white, since
+_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: Pixels converted per strip: a few MB of temporary buffers, whatever the image size.
+_STRIP_PIXELS = 1 << 20
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _grey_scale(image: Image.Image) -> float:
+    """The factor that maps a 16-bit / 32-bit / float image to 0..255 (from its maximum)."""
+    low_high = image.getextrema()
+    high = float(low_high[1]) if isinstance(low_high, tuple) else 0.0  # type: ignore[arg-type]
+    return 255.0 / (65535.0 if high > 255 else 255.0) if high > 0 else 1.0
+
+
+def _convert_strip(strip: Image.Image, scale: float) -> Image.Image:
+    """One strip to 8-bit "L" (grey sources) or "RGB"; transparency goes onto white, since
     catalogue images with alpha are almost always products cut out on a light background."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        high = float(array.max()) if array.size else 0.0
-        scale = 255.0 / (65535.0 if high > 255 else 255.0) if high > 0 else 1.0
-        array = np.clip(array * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
+    mode = strip.mode
+    if mode in _GREY_MODES:
+        array = np.asarray(strip, dtype=np.float64)
+        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+    if mode in ("L", "1"):
+        return strip.convert("L")
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        strip = strip.convert("RGBA" if "transparency" in strip.info else "RGB")
+        mode = strip.mode
+    if mode in _ALPHA_MODES:
+        rgba = strip.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "RGB":
-        return image
-    return image.convert("RGB")  # CMYK, YCbCr, L, 1, LAB, HSV
+    return strip if mode == "RGB" else strip.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _thumbnail_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size ``Image.thumbnail((max_side, max_side))`` would give (same rounding)."""
+    if width <= max_side and height <= max_side:
+        return width, height
+    aspect = width / height
+    if aspect <= 1:
+        y = max_side
+        candidates = (math.floor(y * aspect), math.ceil(y * aspect))
+        x = max(min(candidates, key=lambda n: abs(aspect - n / y)), 1)
+        return x, y
+    x = max_side
+    candidates = (math.floor(x / aspect), math.ceil(x / aspect))
+    y = max(min(candidates, key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+def _normalise(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Decoded image -> EXIF-oriented 8-bit RGB, long side at most ``max_side``.
+
+    Same pixels as converting the whole image and then ``thumbnail`` (LANCZOS, reducing gap 2),
+    but the conversion runs strip by strip, each strip box-reduced at once, so the only
+    full-size buffer is the decoded image itself: a 7000x7000 RGBA used to take five full-size
+    copies (about 1 GB) and now takes one plus a reduced result.
+    """
+    orientation = image.getexif().get(0x0112, 1)
+    width, height = image.size
+    target = _thumbnail_size(width, height, max_side) if max_side else (width, height)
+    fx = int(width / target[0] / 2) or 1
+    fy = int(height / target[1] / 2) or 1
+    if max_side and -(-width // fx) * -(-height // fy) > (2 * max_side) ** 2:
+        # Thumbnail's reducing gap of 2 would still leave a huge intermediate (7000x7000 at
+        # max_side 2048): reduce further, to just above the target, before LANCZOS.
+        fx = int(width / target[0]) or 1
+        fy = int(height / target[1]) or 1
+    mode = image.mode
+    if mode in ("RGB", "L") and fx == fy == 1:
+        out = image
+    else:
+        scale = _grey_scale(image) if mode in _GREY_MODES else 1.0
+        out_mode = "L" if mode in (*_GREY_MODES, "L", "1") else "RGB"
+        out = Image.new(out_mode, (-(-width // fx), -(-height // fy)))
+        rows = max(fy, (_STRIP_PIXELS // max(width, 1)) // fy * fy)
+        for top in range(0, height, rows):
+            strip = _convert_strip(image.crop((0, top, width, min(height, top + rows))), scale)
+            if fx > 1 or fy > 1:
+                strip = strip.reduce((fx, fy))
+            out.paste(strip, (0, top // fy))
+            del strip
+        image.close()
+        del image
+    if out.size != target:
+        out = out.resize(target, Image.Resampling.LANCZOS, box=(0, 0, width / fx, height / fy))
+    if orientation in _TRANSPOSE:
+        out = out.transpose(_TRANSPOSE[orientation])
+    return out if out.mode == "RGB" else out.convert("RGB")
 
 
 def load_image(
@@ -91,6 +169,8 @@ def load_image(
 
     Raises :class:`ImageError` with a message a user can act on for anything else: empty or
     truncated files, non-images, decompression bombs, images too small to search with.
+    Memory: one decoded full-size image at most (see :func:`_normalise`), and at most
+    :func:`search_core.budget.decode_slot` decodes at once.
     """
     if not data:
         raise ImageError("the file is empty (0 bytes)")
@@ -111,9 +191,15 @@ def load_image(
             if max_side and image.format == "JPEG":
                 # Decode big JPEGs at a reduced scale directly: much faster and less memory.
                 image.draft("RGB", (max_side, max_side))
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            image = _to_rgb(image)
+            with decode_slot():
+                image.load()
+                decoded = image.size
+                if min(decoded) < min_side:
+                    raise ImageError(
+                        f"image is too small: {decoded[0]}×{decoded[1]} px (each side needs at "
+                        f"least {min_side} px)"
+                    )
+                image = _normalise(image, max_side)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -126,13 +212,6 @@ def load_image(
         raise ImageError("not an image: the file could not be decoded") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise ImageError(f"the image is corrupt or truncated ({exc})") from exc
-    if min(image.size) < min_side:
-        raise ImageError(
-            f"image is too small: {image.width}×{image.height} px (each side needs at least "
-            f"{min_side} px)"
-        )
-    if max_side and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
 
 

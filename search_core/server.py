@@ -32,9 +32,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.routing import Mount
 
-from search_core.config import Settings
+from search_core import budget
+from search_core.config import REPO_ROOT, Settings
 from search_core.errors import ConfigError, SearchError
+from search_core.ratelimit import LoginLimiter
+from search_core.tempstore import TempSweeper
+from search_core.uploads import UploadPathGuard, upload_folder
+from search_core.webauth import AuthWall, LoginGuard, gradio_session_user
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -179,7 +185,8 @@ def create_app(
     root_path: str | None = None,
     warm_up: bool = True,
 ) -> FastAPI:
-    """FastAPI app with ``/ping``, ``/healthz`` and the Gradio UI mounted at ``/``.
+    """FastAPI app with ``/ping``, ``/healthz`` and the Gradio UI mounted at ``/``, behind the
+    auth wall and the upload guard (:func:`secure`).
 
     ``auth`` defaults to :func:`load_auth` and ``root_path`` to ``SEARCH_ROOT_PATH``.
     Health endpoints stay outside the auth wall on purpose: load balancers cannot log in.
@@ -193,10 +200,15 @@ def create_app(
     warm = _WarmUp()
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(parent: FastAPI) -> AsyncIterator[None]:
         if warm_up:
             warm.start()
+        sweeper = getattr(parent.state, "temp_sweeper", None)
+        if sweeper is not None:
+            sweeper.start()
         yield
+        if sweeper is not None:
+            sweeper.stop()
         # Runs after uvicorn stopped accepting and drained requests (SIGTERM or Ctrl+C).
         stop_jobs()
         warm.join(JOB_STOP_TIMEOUT_S)
@@ -226,17 +238,98 @@ def create_app(
     app.mount("/api", create_api(auth=auth, settings=settings))
     demo = build_demo()
     demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
+    if demo.delete_cache is None:  # Gradio ages its own cache files out; the sweeper caps size
+        demo.delete_cache = DELETE_CACHE
+    guard = login_guard(auth, settings)
     # Mounted last: a mount at "/" matches every path, so the routes above must come first.
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app,
         demo,
         path="/",
-        auth=auth,
+        auth=guard.login if guard else None,
         root_path=root_path or None,
         max_file_size=settings.max_upload_bytes,
         show_error=True,
         ssr_mode=False,  # SSR needs a Node server next to Python; the image has none
     )
+    secure(app, demo, settings, guard)
+    return app
+
+
+DELETE_CACHE = (600, 3600)  # Gradio's delete_cache: every 10 min, files older than 1 h
+
+
+def login_guard(auth: Auth | None, settings: Settings) -> LoginGuard | None:
+    """The credential check with the failed-login limiter in front (None when auth is off)."""
+    if not auth:
+        return None
+    limiter = LoginLimiter(max_failures=settings.login_max_failures,
+                           lockout_s=settings.login_lockout_s)
+    return LoginGuard(auth, limiter)
+
+
+def secure(app: FastAPI, demo: gr.Blocks, settings: Settings, guard: LoginGuard | None) -> None:
+    """Locks the mounted app down (see :mod:`search_core.uploads` and :mod:`search_core.webauth`).
+
+    - ``has_launched``: ``mount_gradio_app`` never sets it, and Gradio skips its own check that
+      inputs name files in its upload folder when it is unset (``processing_utils._check_allowed``).
+    - :class:`UploadPathGuard` refuses server paths in file inputs before Gradio reads them.
+    - :class:`AuthWall` (outermost) refuses every route but health checks and the login page
+      without a session when auth is on; routes added to ``app`` later (``/api/*``) included.
+    - The decode budget and the temp-folder cap are sized from the settings.
+    """
+    demo.has_launched = True
+    demo.allowed_paths = []
+    demo.blocked_paths = [str(settings.data_dir), str(REPO_ROOT / ".git")]
+    budget.configure(settings.max_decodes)
+    sweeper = TempSweeper(upload_folder(), settings.temp_max_bytes,
+                          protect=lambda: _kept_files(demo))
+    app.state.temp_sweeper = sweeper
+    app.state.auth_on = guard is not None
+    gradio_app = next((route.app for route in app.routes
+                       if isinstance(route, Mount) and route.path in ("", "/")), None)
+    app.add_middleware(SweepAfterUpload, sweeper=sweeper)
+    app.add_middleware(UploadPathGuard)
+    app.add_middleware(AuthWall, guard=guard, session_user=gradio_session_user(gradio_app))
+    log.info("decode budget %d at once; temp folder %s capped at %.0f MB", budget.size(),
+             sweeper.folder, settings.temp_max_bytes / 2**20)
+    if settings.temp_max_bytes < 4 * settings.max_upload_bytes:
+        # the least recently used files go first, but uploads still waiting for their
+        # analysis count too: a cap below a few uploads makes users upload again
+        log.warning("SEARCH_TEMP_MAX_MB (%.0f) is below 4 x SEARCH_MAX_UPLOAD_MB (%.0f): "
+                    "concurrent uploads may be deleted before they are analysed",
+                    settings.temp_max_bytes / 2**20, settings.max_upload_bytes / 2**20)
+
+
+def _kept_files(demo: gr.Blocks) -> set[str]:
+    """Files Gradio must keep (example images, default values)."""
+    kept: set[str] = set()
+    for block in demo.blocks.values():
+        kept.update(getattr(block, "keep_in_cache", ()) or ())
+    return kept
+
+
+class SweepAfterUpload:
+    """ASGI middleware: an upload's answer is sent only after the temp-folder cap is enforced
+    again (in a worker thread; a few ms for a capped folder), so a burst of uploads never
+    outgrows it between two periodic sweeps."""
+
+    def __init__(self, app: Any, *, sweeper: TempSweeper) -> None:
+        self.app = app
+        self.sweeper = sweeper
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        import anyio.to_thread
+
+        async def send_after_sweep(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await anyio.to_thread.run_sync(self.sweeper.sweep, True)
+            await send(message)
+
+        await self.app(scope, receive, send_after_sweep)
 
 
 # --------------------------------------------------------------------------- process entry
@@ -291,9 +384,13 @@ def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
         signal.signal(sig, lambda *_: stop.set())
     warm = _WarmUp()
     warm.start()
+    settings = Settings.from_env()
+    budget.configure(settings.max_decodes)
+    guard = login_guard(auth, settings)
+    assert guard is not None  # share mode refuses to start without auth
     demo.launch(
         share=True,
-        auth=auth,
+        auth=guard.login,
         server_name=host,
         server_port=port,
         prevent_thread_lock=True,

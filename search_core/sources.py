@@ -6,6 +6,7 @@ reach the app type a path: without the check a stranger could index (and then di
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 from collections.abc import Iterator
@@ -14,7 +15,10 @@ from pathlib import Path
 from search_core.config import Settings
 from search_core.errors import SourceError
 from search_core.interfaces import ImageSource
+from search_core.safeio import describe_os_error, read_regular, under
 from search_core.types import SourceEntry
+
+log = logging.getLogger(__name__)
 
 _NON_UTF8_PREFIX = "file://"
 
@@ -36,15 +40,29 @@ def uri_to_path(uri: str) -> str:
 
 
 def check_under_roots(path: Path, roots: tuple[Path, ...]) -> Path:
-    """The resolved path if it lies under one of ``roots``; SourceError otherwise."""
-    resolved = path.expanduser().resolve()
-    if roots and not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(root) for root in roots)
+    """The resolved path if it lies under one of ``roots``; SourceError otherwise.
+
+    The message names the path the user typed, not the roots: web users must not learn the
+    server's folder layout (the server log has the roots). Unusable names (NUL, too long) get
+    a short reason instead of a raw OS error.
+    """
+    try:
+        resolved = path.expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SourceError(f"not a usable folder path: {describe_os_error(exc)}") from None
+    if roots and not under(resolved, roots):
+        log.info("refused %s: outside the allowed folders %s", resolved,
+                 ", ".join(str(root) for root in roots))
         raise SourceError(
-            f"{path} is outside the allowed folders ({allowed}); "
-            "set SEARCH_FOLDER_ROOTS to allow it"
+            f"{_shown(path)} is outside the allowed folders; the server's SEARCH_FOLDER_ROOTS "
+            "setting says which folders may be indexed"
         )
     return resolved
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def file_version(stat: os.stat_result) -> str:
@@ -63,13 +81,26 @@ class FolderSource:
     them fails with a reason the indexing report shows ("links outside the allowed folders",
     "No such file"); silently leaving them out would look like a lost image."""
 
-    def __init__(self, folder: Path | str, roots: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self, folder: Path | str, roots: tuple[Path, ...] = (), max_bytes: int | None = None
+    ) -> None:
         self.roots = roots
+        self.max_bytes = max_bytes
+        if "\x00" in str(folder):
+            raise SourceError("not a usable folder path: the path contains a NUL character")
+        if any(len(os.fsencode(part)) > 255 for part in Path(folder).parts):
+            raise SourceError("not a usable folder path: the path or one of its names is too long")
         self.folder = check_under_roots(Path(folder), roots)
-        if not self.folder.exists():
-            raise SourceError(f"folder not found: {folder}")
-        if not self.folder.is_dir():
-            raise SourceError(f"not a folder: {folder}")
+        try:
+            if not self.folder.is_dir():
+                exists = self.folder.exists()
+                raise SourceError(
+                    f"{'not a folder' if exists else 'folder not found'}: {_shown(Path(folder))}"
+                )
+        except OSError as exc:
+            raise SourceError(
+                f"folder cannot be opened: {_shown(Path(folder))} ({describe_os_error(exc)})"
+            ) from None
         self.uri = str(self.folder)
 
     def list(self) -> Iterator[SourceEntry]:
@@ -103,16 +134,13 @@ class FolderSource:
         return os.path.exists(path)
 
     def read(self, entry: SourceEntry) -> bytes:
+        """The file's bytes. Confinement is checked on the file actually opened (the kernel's
+        path of the descriptor), so a folder swapped for a link after listing reads nothing
+        from outside; FIFOs and devices are refused, and the size cap holds while reading."""
         path = uri_to_path(entry.uri)
-        if os.path.islink(path):
-            if not os.path.exists(path):
-                raise SourceError(f"broken link: {os.readlink(path)} does not exist")
-            try:
-                check_under_roots(Path(path), self.roots)
-            except SourceError:
-                raise SourceError("the link points outside the allowed folders") from None
-        with open(path, "rb") as handle:
-            return handle.read()
+        if os.path.islink(path) and not os.path.exists(path):
+            raise SourceError(f"broken link: {os.readlink(path)} does not exist")
+        return read_regular(path, self.max_bytes, roots=self.roots)
 
 
 def _s3_source(uri: str, settings: Settings) -> ImageSource:
@@ -134,12 +162,19 @@ def open_source(uri: str, settings: Settings) -> ImageSource:
         return _s3_source(uri, settings)  # validates bucket and prefix before any request
     if "://" in uri:
         raise SourceError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
-    return FolderSource(uri, settings.folder_roots)
+    return FolderSource(uri, settings.folder_roots, settings.max_upload_bytes)
 
 
 def read_uri(uri: str, settings: Settings) -> bytes:
-    """Bytes of an indexed item, for result previews (local path or ``s3://``)."""
+    """Bytes of an indexed item, for result previews (local path or ``s3://``).
+
+    Callers pass URIs from the index only (search hits); a local one must still lie under
+    ``settings.folder_roots`` (checked on the opened file) and be a regular file within the
+    size cap, so a preview can never become a way to read other server files.
+    """
     if uri.startswith("s3://"):
         return _s3_source(uri, settings).read(SourceEntry(uri=uri))
-    with open(uri_to_path(uri), "rb") as handle:
-        return handle.read()
+    path = uri_to_path(uri)
+    if not os.path.isabs(path):
+        raise SourceError("not an indexed file path")
+    return read_regular(path, settings.max_upload_bytes, roots=settings.folder_roots)

@@ -1,0 +1,217 @@
+"""Security, in process: hostile file names (FIFOs, devices, sparse files, links swapped during a
+folder walk), upload-path checks, the failed-login policy, bounded decoding of near-limit image
+kinds. The same attacks over real HTTP live in ``test_security_uploads.py``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_core.config import Settings, decodes_for_memory
+from search_core.errors import SourceError
+from search_core.images import load_image
+from search_core.indexing import Indexer
+from search_core.local_index import LocalIndex
+from search_core.ratelimit import LoginLimiter
+from search_core.safeio import TooLargeError, read_regular
+from search_core.sources import FolderSource, open_source, read_uri
+from search_core.tempstore import TempSweeper
+from search_core.types import SourceEntry
+from search_core.uploads import GONE, NOT_AN_UPLOAD, UploadRefused, check_upload_path, read_upload
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from memory import near_limit_images  # noqa: E402
+
+PHOTOS = REPO.parent / "shared" / "data" / "grocery" / "train" / "Fruit" / "Banana"
+OUTSIDE = "outside the allowed folders"
+
+
+@pytest.fixture()
+def layout(tmp_path: Path) -> dict[str, Path]:
+    """root/ (allowed) with photos in root/sub/, outside/ with a private photo, a FIFO, a sparse
+    file and a directory named like an image."""
+    if not PHOTOS.is_dir():
+        pytest.skip(f"shared test data not found: {PHOTOS}")
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for photo in photos[:3]:
+        shutil.copy(photo, root / "sub" / photo.name)
+    shutil.copy(photos[5], outside / photos[0].name)  # same name as an inside file
+    os.mkfifo(outside / "fifo.jpg")
+    with (outside / "sparse.jpg").open("wb") as handle:
+        handle.truncate(2 * 1024**3)
+    (outside / "dir.jpg").mkdir()
+    return {"root": root, "outside": outside, "photo": root / "sub" / photos[0].name,
+            "private": outside / photos[0].name}
+
+
+def test_special_files_are_refused_without_blocking_or_reading(layout: dict[str, Path]) -> None:
+    outside = layout["outside"]
+    for path in (outside / "fifo.jpg", outside / "dir.jpg", Path("/dev/zero")):
+        with pytest.raises(SourceError, match="not a regular file"):
+            read_regular(path, 50 * 2**20)
+    with pytest.raises(TooLargeError, match="too large"):
+        read_regular(outside / "sparse.jpg", 50 * 2**20)  # refused from fstat, nothing read
+    assert read_regular(layout["photo"], 50 * 2**20) == layout["photo"].read_bytes()
+    with pytest.raises(TooLargeError):
+        read_regular(layout["photo"], 100)  # the cap holds for real files too
+
+
+def test_folder_walk_swapped_for_a_link_reads_nothing_from_outside(
+    layout: dict[str, Path], tmp_path: Path
+) -> None:
+    """List, then swap the listed sub-folder for a link to a folder outside the roots (the
+    classic race); every read of a listed name must be refused, and an indexer run over the
+    listing must index nothing."""
+    root, outside = layout["root"], layout["outside"]
+    source = FolderSource(root, (root,))
+    entries = list(source.list())
+    assert len(entries) == 3
+    (root / "sub").rename(root / "sub-moved")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    for entry in entries:
+        if Path(entry.uri).name == layout["private"].name:
+            with pytest.raises(SourceError, match=OUTSIDE):
+                source.read(entry)
+
+    class Listed(FolderSource):
+        def list(self):  # type: ignore[override]  # the listing from before the swap
+            return iter(entries)
+
+    from search_core.models.efficientnet import EfficientNetEmbedder
+
+    embedder = EfficientNetEmbedder(Settings().models_dir)
+    index = LocalIndex(tmp_path / "data", dimension=embedder.dimension,
+                       model_id=embedder.model_id)
+    report = Indexer(embedder, index, batch_size=4).run(Listed(root, (root,)))
+    assert index.count() == 0
+    reasons = [reason for _uri, reason in report.failures]
+    assert any(OUTSIDE in reason for reason in reasons), reasons
+
+
+def test_previews_read_only_inside_the_roots(layout: dict[str, Path]) -> None:
+    settings = Settings(folder_roots=(layout["root"],))
+    assert read_uri(str(layout["photo"]), settings) == layout["photo"].read_bytes()
+    with pytest.raises(SourceError, match=OUTSIDE):
+        read_uri(str(layout["private"]), settings)
+    with pytest.raises(SourceError, match=OUTSIDE):
+        read_uri(f"{layout['root']}/sub/../../outside/{layout['private'].name}", settings)
+    for path in ("/etc/shadow", "/proc/self/environ"):
+        with pytest.raises((SourceError, OSError)):
+            read_uri(path, settings)
+    for name in ("fifo.jpg", "sparse.jpg", "dir.jpg"):
+        with pytest.raises(SourceError):
+            read_uri(str(layout["outside"] / name), settings)
+    with pytest.raises(SourceError):
+        read_uri("relative/name.jpg", settings)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("x" * 300, "too long"),
+    ("bad\x00name", "NUL character"),
+])
+def test_unusable_folder_names_get_a_reason_not_an_os_error(name: str, reason: str,
+                                                            tmp_path: Path) -> None:
+    settings = Settings(folder_roots=(tmp_path,))
+    with pytest.raises(SourceError) as refused:
+        open_source(str(tmp_path / name), settings)
+    message = str(refused.value)
+    assert reason in message and "Errno" not in message
+
+
+def test_refusals_do_not_show_the_allowed_roots(tmp_path: Path) -> None:
+    secret_root = tmp_path / "srv-private-layout"
+    secret_root.mkdir()
+    with pytest.raises(SourceError) as refused:
+        open_source("/etc", Settings(folder_roots=(secret_root,)))
+    assert OUTSIDE in str(refused.value) and "srv-private-layout" not in str(refused.value)
+
+
+def test_upload_paths_must_be_regular_files_inside_the_upload_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "gradio"
+    (folder / "abc").mkdir(parents=True)
+    good = folder / "abc" / "photo.jpg"
+    good.write_bytes(b"\xff\xd8\xff" + b"x" * 100)
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"secret")
+    (folder / "abc" / "link.jpg").symlink_to(outside)
+    os.mkfifo(folder / "abc" / "fifo.jpg")
+    assert check_upload_path(str(good), folder) == good
+    assert read_upload(str(good), 1000, folder) == good.read_bytes()
+    for path in (str(outside), "/etc/shadow", "/dev/zero", str(folder), str(folder / "abc"),
+                 f"{folder}/abc/../../secret.jpg", str(folder / "abc" / "link.jpg"),
+                 str(folder / "abc" / "fifo.jpg"), "abc/photo.jpg", "http://example.com/x.jpg",
+                 "file:///etc/passwd", "data:image/png;base64,AAAA", f"{good}\x00", ""):
+        with pytest.raises(UploadRefused) as refused:
+            read_upload(path, 1000, folder)
+        assert str(refused.value) == NOT_AN_UPLOAD, path
+    with pytest.raises(UploadRefused, match="upload it again"):
+        read_upload(str(folder / "abc" / "gone.jpg"), 1000, folder)
+    assert GONE.endswith("upload it again")
+    with pytest.raises(Exception, match="too large"):
+        read_upload(str(good), 10, folder)
+
+
+def test_failed_logins_slow_down_then_lock_then_recover() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(max_failures=5, lockout_s=60, slow_after=2, clock=lambda: now[0])
+    keys = ("client:1.2.3.4", "user:alice")
+    delays = []
+    for _ in range(5):
+        delays.append(limiter.delay(*keys))
+        limiter.failure(*keys)
+    assert delays[:2] == [0.0, 0.0] and delays[2] > 0 and delays[4] >= delays[3]
+    assert limiter.retry_after(*keys) == 60
+    assert limiter.retry_after("client:5.6.7.8", "user:alice") == 60  # per user too
+    assert limiter.retry_after("client:1.2.3.4", "user:bob") == 60  # and per client
+    assert limiter.retry_after("client:5.6.7.8", "user:bob") == 0
+    now[0] = 61
+    assert limiter.retry_after(*keys) == 0
+    limiter.success(*keys)
+    assert limiter.delay(*keys) == 0
+
+
+def test_decode_budget_follows_the_memory_limit() -> None:
+    assert decodes_for_memory(1024) == 1
+    assert decodes_for_memory(2048) == 3  # the 2 GB ECS task
+    assert decodes_for_memory(2048) <= 4 and decodes_for_memory(64_000) == 4
+
+
+def test_temp_sweeper_keeps_the_cap_and_protected_files(tmp_path: Path) -> None:
+    keep = tmp_path / "example.jpg"
+    keep.write_bytes(b"k" * 5000)
+    for number in range(20):
+        sub = tmp_path / f"d{number}"
+        sub.mkdir()
+        (sub / "upload.jpg").write_bytes(bytes([number]) * 10_000)
+        os.utime(sub / "upload.jpg", (1000 + number, 1000 + number))
+    sweeper = TempSweeper(tmp_path, 50_000, protect=lambda: [str(keep)])
+    _files, size = sweeper.sweep(wait=True)
+    assert size <= 50_000 and keep.exists()
+    assert (tmp_path / "d19" / "upload.jpg").exists()  # the most recently used stay
+    assert not (tmp_path / "d0" / "upload.jpg").exists()
+
+
+def test_near_limit_kinds_decode_reduced_and_right(tmp_path: Path) -> None:
+    for name, data in near_limit_images(4200).items():
+        image = load_image(data)
+        assert image.mode == "RGB" and max(image.size) == 2048, name
+        pixels = np.asarray(image)
+        assert pixels.min() < 40 and pixels.max() > 200, name  # full range, not clipped
+    palette = load_image(near_limit_images(600)["palette-alpha.png"])
+    assert (255, 255, 255) in {c for _, c in palette.getcolors(1 << 16) or []}
+
+
+def test_source_entry_reads_respect_the_upload_cap(layout: dict[str, Path]) -> None:
+    source = FolderSource(layout["root"], (layout["root"],), max_bytes=100)
+    entry = SourceEntry(uri=str(layout["photo"]))
+    with pytest.raises(SourceError, match="too large"):
+        source.read(entry)
