@@ -680,7 +680,7 @@ def build_demo() -> gr.Blocks:
                 [detections, choice, status, photo_ok, box_text, like_item],
                 api_visibility="private",
                 concurrency_id="search",
-            ).then(
+            ).success(
                 search_after_upload,
                 [photo_ok, *query],
                 shown,
@@ -697,7 +697,7 @@ def build_demo() -> gr.Blocks:
                 js=POINT_JS,
                 api_visibility="private",
                 concurrency_id="search",
-            ).then(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
             apply_box.click(
                 on_drag,
                 [image, box_text],
@@ -705,13 +705,13 @@ def build_demo() -> gr.Blocks:
                 js=BOX_JS,
                 api_visibility="private",
                 concurrency_id="search",
-            ).then(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
             choice.input(
                 on_choice,
                 [image, choice, box_text],
                 [detections, like_item],
                 api_visibility="private",
-            ).then(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
             text.submit(
                 run_search, query, shown, api_visibility="private", concurrency_id="search"
             ).then(lambda: "", None, like_item, api_visibility="private")
