@@ -19,7 +19,7 @@ import gradio as gr
 from search_core.crop import box_from_pixels, draw_detections, object_at
 from search_core.errors import SearchError
 from search_core.factory import get_pipeline
-from search_core.pipeline import WHOLE, AnalyzedImage, auto_choice
+from search_core.pipeline import WHOLE, AnalyzedImage
 from search_core.sources import open_source
 from search_core.tags import item_category, item_tags, product_name, short_source
 from search_core.tempstore import jpeg_file
@@ -111,10 +111,16 @@ def _parse_box(text: str | None) -> Box | None:
 
 
 def _drawn(analyzed: AnalyzedImage, choice: str, box_text: str | None) -> str:
-    """The photo with numbered boxes, the searched region lit and the rest dimmed."""
+    """The photo with numbered boxes (captioned with the catalogue's best label where it is a
+    close match), the searched region lit and the rest dimmed."""
+    analyzed = get_pipeline().label_objects(analyzed)  # cached per upload: cheap after the first
     selected = int(choice) if choice.isdigit() else None
     region = _parse_box(box_text) if choice == MANUAL else None
-    return image_file(draw_detections(analyzed.image, analyzed.detections, selected, region))
+    captions = [analyzed.box_caption(n) for n in range(len(analyzed.detections))]
+    drawing = draw_detections(
+        analyzed.image, analyzed.detections, captions, selected=selected, region=region
+    )
+    return image_file(drawing)
 
 
 def analyze(path: str | None) -> tuple[Any, Any, str]:
@@ -124,11 +130,14 @@ def analyze(path: str | None) -> tuple[Any, Any, str]:
         return None, gr.update(choices=_choices(None), value=WHOLE), ""
     try:
         analyzed = _analyze(path)
+        assert analyzed is not None
+        # each object's best catalogue label in the dropdown, and the object (or whole image)
+        # that matches the catalogue best preselected
+        analyzed = get_pipeline().label_objects(analyzed)
+        preselected = get_pipeline().auto_object(analyzed)
     except SearchError as exc:
         gr.Warning(str(exc))
         return None, gr.update(choices=_choices(None), value=WHOLE), f"⚠️ {exc}"
-    assert analyzed is not None
-    preselected = auto_choice(analyzed.detections)
     value = WHOLE if preselected is None else str(preselected)
     found = len(analyzed.detections)
     status = (

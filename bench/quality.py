@@ -1,76 +1,202 @@
-"""Retrieval quality by fine class, through the CLI contract (`python -m search_core eval`).
+"""Retrieval quality of every relevance component, on two catalogue shapes, in one run.
 
-    python bench/quality.py           # val -> train and val -> iconic, --object auto and whole
-    python bench/quality.py --quick   # val (60 queries) -> the 81 iconic images only (< 2 min)
+    python bench/quality.py                 # grocery val -> train and val -> a flat folder
+    python bench/quality.py --quick         # 60 queries
+    python bench/quality.py --data-dir D    # keep the indexes in D (reruns skip embedding)
 
-An image's class is its parent folder (e.g. Granny-Smith), in the query tree and the corpus
-tree alike. "auto" is what the app preselects for a user (detect -> choose -> crop); "whole"
-skips detection. The corpus is indexed exactly as `index` does it, into a throwaway
-SEARCH_DATA_DIR (pass --data-dir to keep and reuse it). Ends with one JSON line.
+Catalogues (built from ../shared/data/grocery; a query's class is its fine class):
+
+- ``train``: GroceryStore train/ (2,640 photos, one folder per class: the adaptation can learn).
+- ``flat3``: 3 photos per class of train/ copied into ONE folder (243 images, no labels: the
+  adaptation must say "flat" and keep the plain embedding; the class is in the file name).
+- ``folders3``: the same 243 photos in their class folders (3 per class: little to learn from).
+
+Configurations, each run through SearchPipeline as the app runs it (analyse, choose, crop, embed,
+search): ``before`` (the shipped 87.5 % view, no adaptation, detector-only auto), ``whole`` and
+``auto`` of the new default, and the new default with each component switched off. Queries are
+val/ (296), never used for fitting or choosing: the adaptation fits on the catalogue alone and
+its "no close match" threshold from the catalogue's own scores; the share of val queries and
+of 128 COCO photos (no groceries) reported as "no close match" is printed too. Ends with one
+JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import GROCERY, REPO, emit, machine, require_dir, table
+import numpy as np
+from _common import GROCERY, SHARED_DATA, emit, image_files, machine, require_dir, table
 
-ICONIC = GROCERY / "iconic-images-and-descriptions"
+from search_core.config import Settings
+from search_core.evaluation import KS, average_precision
+from search_core.factory import build_pipeline
+from search_core.pipeline import WHOLE, AnalyzedImage, SearchPipeline, auto_choice
+
+NEW_CROP, OLD_CROP = 0.7, 0.875
 
 
-def run_eval(corpus: Path, queries: Path, choice: str, data_dir: Path,
-             limit: int | None) -> dict[str, Any]:
-    command = [sys.executable, "-m", "search_core", "eval", "--corpus", str(corpus),
-               "--queries", str(queries), "--object", choice]
-    if limit:
-        command += ["--limit", str(limit)]
-    env = {**os.environ, "SEARCH_DATA_DIR": str(data_dir), "SEARCH_SAMPLE_CATALOGUE": "off"}
-    began = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - began
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"eval failed ({done.returncode}): {' '.join(command)}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["seconds"] = round(seconds, 1)
-    result["command"] = " ".join(["python", *command[1:]])
-    return result
+def class_of(uri: str) -> str:
+    """Fine class: the folder, or in the flat catalogue the file name before ``_NNN``."""
+    path = Path(uri)
+    return path.stem.rsplit("_", 1)[0] if path.parent.name == "flat3" else path.parent.name
+
+
+def build_catalogues(root: Path) -> dict[str, Path]:
+    """train/ itself, and 3 photos per class as a flat folder and as class folders."""
+    flat, folders = root / "catalogues" / "flat3", root / "catalogues" / "folders3"
+    if not flat.is_dir():
+        by_class: dict[str, list[Path]] = {}
+        for path in image_files(GROCERY / "train"):
+            by_class.setdefault(path.parent.name, []).append(path)
+        for name, paths in by_class.items():
+            for path in paths[:: max(1, len(paths) // 3)][:3]:
+                (folders / name).mkdir(parents=True, exist_ok=True)
+                flat.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, folders / name / path.name)
+                shutil.copyfile(path, flat / path.name)
+    return {"train": GROCERY / "train", "flat3": flat, "folders3": folders}
+
+
+def pipeline_for(root: Path, catalogue: str, crop: float, adapt: str) -> SearchPipeline:
+    base = Settings.from_env()
+    settings = dataclasses.replace(
+        base, data_dir=root / f"{catalogue}-c{round(crop * 100)}", view_crop=crop, adapt=adapt,
+        sample_catalogue=None, folder_roots=(*base.folder_roots, root),
+    )
+    return build_pipeline(settings)
+
+
+Chooser = Callable[[SearchPipeline, AnalyzedImage], str | int]
+
+
+def evaluate(pipeline: SearchPipeline, queries: list[tuple[AnalyzedImage, str]],
+             choose: Chooser, plain: bool) -> dict[str, Any]:
+    sizes = Counter(class_of(item.uri) for item in pipeline.index.items())
+    hits_at = dict.fromkeys(KS, 0)
+    ap_sum, seconds = 0.0, []
+    pipeline._views.clear()  # each configuration pays for its own embeddings
+    pipeline._auto.clear()
+    for analyzed, wanted in queries:
+        began = time.perf_counter()
+        vector = pipeline.query_vector(analyzed, choose(pipeline, analyzed), None)
+        hits = pipeline.search_vector(vector, max(KS), plain=plain)
+        seconds.append(time.perf_counter() - began)
+        relevant = [class_of(hit.uri) == wanted for hit in hits]
+        for k in KS:
+            hits_at[k] += any(relevant[:k])
+        ap_sum += average_precision(relevant, sizes.get(wanted, 0))
+    n = max(len(queries), 1)
+    return {**{f"R@{k}": round(hits_at[k] / n, 3) for k in KS}, "mAP@10": round(ap_sum / n, 3),
+            "ms_per_query": round(1000 * float(np.mean(seconds)), 1)}
+
+
+def no_close_share(pipeline: SearchPipeline, images: list[AnalyzedImage]) -> float:
+    """Share of whole images whose best catalogue match is reported as no close match."""
+    matches = [pipeline.whole_match(analyzed) for analyzed in images]
+    return round(sum(1 for m in matches if m is not None and not m.close) / len(images), 3)
+
+
+def whole(_: SearchPipeline, __: AnalyzedImage) -> str:
+    return WHOLE
+
+
+def detector_auto(_: SearchPipeline, analyzed: AnalyzedImage) -> str | int:
+    number = auto_choice(analyzed.detections)
+    return WHOLE if number is None else number
+
+
+def catalogue_auto(pipeline: SearchPipeline, analyzed: AnalyzedImage) -> str | int:
+    number = pipeline.auto_object(analyzed)
+    return WHOLE if number is None else number
+
+
+#: name -> (view crop, adaptation on, chooser)
+CONFIGS: dict[str, tuple[float, bool, Chooser]] = {
+    "before: whole": (OLD_CROP, False, whole),
+    "before: auto": (OLD_CROP, False, detector_auto),
+    "new: whole": (NEW_CROP, True, whole),
+    "new: auto (default)": (NEW_CROP, True, catalogue_auto),
+    "default - adaptation": (NEW_CROP, False, catalogue_auto),
+    "default - 70 % view": (OLD_CROP, True, catalogue_auto),
+    "default - catalogue auto": (NEW_CROP, True, detector_auto),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="60 queries")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="keep the corpus indexes here (reruns skip re-embedding)")
+                        help="keep the catalogue indexes here (reruns skip re-embedding)")
+    parser.add_argument("--catalogues", default="train,flat3,folders3")
     args = parser.parse_args()
     require_dir(GROCERY)
-    corpora = [("iconic", ICONIC)] if args.quick else [("train", GROCERY / "train"),
-                                                       ("iconic", ICONIC)]
-    limit = 60 if args.quick else None
+    os.environ.setdefault("SEARCH_SAMPLE_CATALOGUE", "off")
+    started = machine()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        data_dir = args.data_dir or Path(tmp)
-        rows = []
-        for name, corpus in corpora:
-            for choice in ("auto", "whole"):
-                result = run_eval(corpus, GROCERY / "val", choice, data_dir, limit)
-                rows.append({"corpus": name, "object": choice, **result})
-    print(table([[r["corpus"], r["object"], r["queries"], r["corpus_size"], r["recall@1"],
-                  r["recall@5"], r["recall@10"], r["map@10"], r["seconds"]] for r in rows],
-                ["corpus", "object", "queries", "corpus size", "R@1", "R@5", "R@10", "mAP@10",
-                 "s"]))
-    payload: dict[str, Any] = {"bench": "quality"}
+        root = (args.data_dir or Path(tmp)).resolve()
+        catalogues = build_catalogues(root)
+        query_files = image_files(GROCERY / "val")
+        if args.quick:
+            query_files = query_files[:: max(1, len(query_files) // 60)][:60]
+        analyser = pipeline_for(root, "queries", NEW_CROP, "off")
+        queries = [(analyser.analyze(path.read_bytes()), path.parent.name) for path in query_files]
+        # photos of no grocery at all: a good catalogue search says "no close match" for them
+        outsiders = [analyser.analyze(path.read_bytes())
+                     for path in image_files(SHARED_DATA / "coco128")]
+        rows, learned, costs, rates = [], {}, {}, {}
+        for name in args.catalogues.split(","):
+            pipelines: dict[tuple[float, bool], SearchPipeline] = {}
+            for crop in (OLD_CROP, NEW_CROP):
+                indexer = pipeline_for(root, name, crop, "auto")
+                began = time.perf_counter()
+                report = indexer.index_source(str(catalogues[name]))
+                total = time.perf_counter() - began
+                if report.indexed:
+                    costs[f"{name}_c{round(crop * 100)}_ingest_ms_per_image"] = round(
+                        1000 * total / report.indexed, 1)
+                learned[f"{name}_c{round(crop * 100)}"] = indexer.adapter.describe()
+                pipelines[(crop, True)] = indexer
+                pipelines[(crop, False)] = pipeline_for(root, name, crop, "off")
+            default = pipelines[(NEW_CROP, True)]
+            rates[name] = {
+                "val_no_close_match": no_close_share(default, [a for a, _ in queries]),
+                "coco_no_close_match": no_close_share(default, outsiders),
+            }
+            print(f"{name:9s} no close match: {rates[name]}", flush=True)
+            for config, (crop, adapt, choose) in CONFIGS.items():
+                result = evaluate(pipelines[(crop, adapt)], queries, choose, plain=not adapt)
+                rows.append({"catalogue": name, "config": config,
+                             "size": pipelines[(crop, adapt)].index.count(), **result})
+                print(f"{name:9s} {config:26s} {result}", flush=True)
+    print(table([[r["catalogue"], r["config"], r["size"], r["R@1"], r["R@5"], r["R@10"],
+                  r["mAP@10"], r["ms_per_query"]] for r in rows],
+                ["catalogue", "configuration", "size", "R@1", "R@5", "R@10", "mAP@10",
+                 "ms/query"]))
+    print(table([[key, v["status"], v["labels"], v["dims"], v["recall1_plain"],
+                  v["recall1_adapted"], v["no_match_threshold"], v["fit_seconds"], v["reason"]]
+                 for key, v in learned.items()],
+                ["catalogue", "adaptation", "labels", "dims", "held-out R@1 plain",
+                 "adapted", "no-match thr.", "fit s", "why"]))
+    payload: dict[str, Any] = {"bench": "quality", "queries": len(queries)}
     for r in rows:
-        for metric in ("recall@1", "recall@5", "recall@10", "map@10"):
-            payload[f"{r['corpus']}_{r['object']}_{metric}"] = r[metric]
-    payload.update({"runs": rows, "machine": machine()})
+        tag = f"{r['catalogue']}_{r['config']}".replace(" ", "_").replace(":", "")
+        for metric in ("R@1", "R@5", "R@10", "mAP@10", "ms_per_query"):
+            payload[f"{tag}_{metric}"] = r[metric]
+    print(table([[name, r["val_no_close_match"], r["coco_no_close_match"]]
+                 for name, r in rates.items()],
+                ["catalogue", "val queries: no close match", "COCO photos: no close match"]))
+    payload.update({"no_close_match": rates, "adaptation": learned, "costs": costs,
+                    "runs": rows, "machine": started,
+                    "load_1min_at_end": round(os.getloadavg()[0], 2)})
     emit(payload)
 
 

@@ -157,6 +157,18 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "openai/clip-vit-base-patch32",
         "Hugging Face model id for `SEARCH_EMBEDDER=clip`.",
     ),
+    (
+        "SEARCH_ADAPT",
+        "auto",
+        "`auto`: learn a projection from the catalogue's folders/labels after each ingest and use "
+        "it when it wins on held-out catalogue images; `off`: plain embedding.",
+    ),
+    (
+        "SEARCH_VIEW_CROP",
+        "0.7",
+        "Centre share of the image the EfficientNet embedder sees (queries and catalogue; "
+        "changing it needs a re-index).",
+    ),
     ("AWS_REGION", "us-east-1", "Region for Rekognition, Bedrock, S3 and OpenSearch Serverless."),
     ("REKOGNITION_MAX_LABELS", "50", "DetectLabels MaxLabels."),
     ("REKOGNITION_MIN_CONFIDENCE", "55", "DetectLabels MinConfidence (percent)."),
@@ -222,6 +234,8 @@ class Settings:
     tags: str = "all"
     near_duplicate: float = 0.90
     clip_model: str = "openai/clip-vit-base-patch32"
+    adapt: str = "auto"
+    view_crop: float = 0.7
     aws_region: str = "us-east-1"
     rekognition_max_labels: int = 50
     rekognition_min_confidence: float = 55.0
@@ -269,6 +283,8 @@ class Settings:
             ),
             near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.90),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
+            adapt=_env("SEARCH_ADAPT", "auto").lower(),
+            view_crop=_env_float("SEARCH_VIEW_CROP", 0.7),
             aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
             rekognition_max_labels=_env_int("REKOGNITION_MAX_LABELS", 50),
             rekognition_min_confidence=_env_float("REKOGNITION_MIN_CONFIDENCE", 55.0),
@@ -292,10 +308,13 @@ class Settings:
             "SEARCH_EMBEDDER": (self.embedder, {"efficientnet", "clip", "titan"}),
             "SEARCH_INDEX": (self.index, {"local", "opensearch"}),
             "SEARCH_TAGS": (self.tags, {"all", "keywords", "off"}),
+            "SEARCH_ADAPT": (self.adapt, {"auto", "off"}),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(sorted(allowed))}")
+        if not 0.3 <= self.view_crop <= 1.0:
+            raise ConfigError(f"SEARCH_VIEW_CROP must be between 0.3 and 1.0, got {self.view_crop}")
         if self.titan_embedding_length not in (256, 384, 1024):
             raise ConfigError("TITAN_EMBEDDING_LENGTH must be 256, 384 or 1024")
         if self.index == "opensearch" and not self.opensearch_endpoint:

@@ -106,12 +106,14 @@ def place_labels(
 def draw_detections(
     image: Image.Image,
     detections: Sequence[Detection],
+    captions: Sequence[str] = (),
     selected: int | None = None,
     region: Box | None = None,
 ) -> Image.Image:
-    """The image with numbered boxes (numbers match the object dropdown). With a ``selected``
-    detection or a manual ``region``, everything outside it is dimmed and its box drawn thick,
-    so a user sees at once what the search is about."""
+    """The image with numbered boxes (numbers match the object dropdown). A caption (e.g. the
+    catalogue's best label, "Kiwi 46 %") replaces the detector's label on its box. With a
+    ``selected`` detection or a manual ``region``, everything outside it is dimmed and its box
+    drawn thick, so a user sees at once what the search is about."""
     canvas = np.ascontiguousarray(np.asarray(image.convert("RGB")).copy())
     width, height = image.size
     thickness = max(2, round(max(image.size) / 300))
@@ -132,7 +134,10 @@ def draw_detections(
         dimmed[fy0:fy1, fx0:fx1] = canvas[fy0:fy1, fx0:fx1]
         canvas = dimmed
     boxes = [d.box.to_pixels(width, height) for d in detections]
-    texts = [f"{n} {d.label}" for n, d in enumerate(detections, start=1)]
+    texts = [
+        f"{n} {(captions[n - 1] if n - 1 < len(captions) else '') or d.label}"
+        for n, d in enumerate(detections, start=1)
+    ]
     sizes = []
     for text in texts:
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)

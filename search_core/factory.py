@@ -34,7 +34,10 @@ def build_embedder(settings: Settings) -> Embedder:
     from search_core.models.efficientnet import EfficientNetEmbedder
 
     return EfficientNetEmbedder(
-        settings.models_dir, threads=settings.onnx_threads, batch_size=settings.batch_size
+        settings.models_dir,
+        threads=settings.onnx_threads,
+        batch_size=settings.batch_size,
+        crop_fraction=settings.view_crop,
     )
 
 

@@ -94,7 +94,7 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     assert [row[1] for row in failures["data"]] == ["not an image: an HTML page"]
     stats = _json(stats)
     # 19 photos plus the copy, which the index keeps as a second name of the same content
-    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0"
+    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c70"
 
     # Analyse: boxes drawn, dropdown with numbered objects plus whole image and manual crop.
     drawn, dropdown, message = client.predict(

@@ -79,9 +79,13 @@ def assert_mirrors(root: Path, data: Path) -> None:
     assert names == files  # every current name, with its current content; no dead name
     assert contents == set(files.values())  # no stale content, every content once
     # and each name is found by its own content (the search path, not only the tables)
+    from search_core.config import Settings
     from search_core.local_index import LocalIndex
+    from search_core.models.efficientnet import model_id_for
 
-    index = LocalIndex(data, dimension=1280, model_id="efficientnet-lite0")
+    # the CLI's embedder id includes its view (SEARCH_VIEW_CROP), e.g. efficientnet-lite0-c70
+    model_id = model_id_for(Settings().view_crop)
+    index = LocalIndex(data, dimension=1280, model_id=model_id)
     matrix, items = index.vectors()
     assert sorted(item.uri for item in items) == sorted(files)
     for vector, item in zip(matrix, items, strict=True):

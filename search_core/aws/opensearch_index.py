@@ -574,6 +574,24 @@ class OpenSearchIndex:
             "eventual_consistency_note": EVENTUAL_CONSISTENCY_NOTE if self.serverless else "",
         }
 
+    def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]:
+        """Every stored vector with its item (one scan, PAGE documents per request): the
+        catalogue adaptation fits on them and searches a projected copy in memory."""
+        self.ensure_index()
+        rows: list[list[float]] = []
+        items: list[ItemMeta] = []
+        seen: set[str] = set()
+        for hit in self._scan({"match_all": {}}, True):
+            source = hit.get("_source", {})
+            item = _item(source)
+            if item.sha256 in seen or VECTOR_FIELD not in source:
+                continue
+            seen.add(item.sha256)
+            rows.append(source[VECTOR_FIELD])
+            items.append(item)
+        matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dimension)
+        return matrix, items
+
 
 # -- helpers --------------------------------------------------------------------------------
 
