@@ -148,7 +148,7 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     (
         "SEARCH_NEAR_DUPLICATE",
-        "0.90",
+        "0.89",
         'Cosine from which a result folds into a higher one ("+N similar"); calibrated by '
         "bench/near_duplicates.py for EfficientNet-Lite0; 0 disables.",
     ),
@@ -232,7 +232,7 @@ class Settings:
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
     tags: str = "all"
-    near_duplicate: float = 0.90
+    near_duplicate: float = 0.89
     clip_model: str = "openai/clip-vit-base-patch32"
     adapt: str = "auto"
     view_crop: float = 0.7
@@ -281,7 +281,7 @@ class Settings:
             tags={"true": "all", "1": "all", "false": "off", "0": "off"}.get(
                 _env("SEARCH_TAGS", "all").lower(), _env("SEARCH_TAGS", "all").lower()
             ),
-            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.90),
+            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.89),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             adapt=_env("SEARCH_ADAPT", "auto").lower(),
             view_crop=_env_float("SEARCH_VIEW_CROP", 0.7),

@@ -178,11 +178,11 @@ def test_filters_more_like_this_and_near_duplicates(shoe_pipeline) -> None:
     assert lemons and all(h.uri.startswith(prefix) for h in lemons)
     with pytest.raises(ItemNotFoundError):
         shoe_pipeline.search_by_item("0" * 64)
-    # A resized copy folds into its original as "+1 similar".
+    # A re-encoded copy folds into its original as "+1 similar".
     original = Path(banana.uri)
     copy = original.parent / "half.jpg"
     with Image.open(original) as im:
-        im.resize((im.width // 2, im.height // 2)).save(copy, quality=90)
+        im.save(copy, quality=60)
     shoe_pipeline.index_source(str(original.parents[2]))
     hits = shoe_pipeline.search_by_item(banana.sha256, k=20)
     uris = [h.uri for h in hits] + [s.uri for h in hits for s in h.similar]
@@ -253,8 +253,8 @@ def test_cli_index_reports_near_duplicates_and_search_filters(tmp_path: Path) ->
     for kind in ("Banana", "Lemon", "Lime"):
         shutil.copytree(grocery / kind, root / kind)
     photo = sorted((root / "Banana").glob("*_00*.jpg"))[0]
-    with Image.open(photo) as im:
-        im.resize((im.width // 2, im.height // 2)).save(root / "Banana" / "small.jpg", quality=85)
+    with Image.open(photo) as im:  # re-encoded at JPEG quality 60: a near-duplicate
+        im.save(root / "Banana" / "small.jpg", quality=60)
     env = {**os.environ, "SEARCH_DATA_DIR": str(tmp_path / "data"),
            "SEARCH_SAMPLE_CATALOGUE": "off", "SEARCH_FOLDER_ROOTS": str(tmp_path)}
 
