@@ -86,7 +86,10 @@ def test_choosing_objects_and_boxes(api: str) -> None:
     green = _search(api, k=3, object="0.3,0.1,0.4,0.5").json()
     assert green["results"][0]["label"] == "Green-Bell-Pepper", green["results"]
     pixels = _search(api, k=3, object="104,35,139,174").json()  # 348 px square photo
-    assert pixels["results"][0]["id"] == green["results"][0]["id"]
+    same = ",".join(str(v / 348) for v in (104, 35, 139, 174))
+    fractions = _search(api, k=3, object=same).json()
+    assert [r["id"] for r in pixels["results"]] == [r["id"] for r in fractions["results"]]
+    assert pixels["searched"]["box"] == pytest.approx(fractions["searched"]["box"])
     whole = _search(api, k=3, object="whole").json()
     assert whole["searched"] == {"object": "whole", "number": None, "label": "whole image",
                                  "box": None}
@@ -124,7 +127,7 @@ def test_more_like_this_uses_the_stored_item(api: str) -> None:
 
 def test_stats_and_openapi(api: str) -> None:
     stats = httpx.get(f"{api}/api/stats", timeout=30).json()
-    assert stats["count"] >= SAMPLE_COUNT and stats["embedder"] == "efficientnet-lite0"
+    assert stats["count"] >= SAMPLE_COUNT and stats["embedder"].startswith("efficientnet-lite0")
     assert "Banana" in stats["facets"]["category"] and stats["facets"]["tags"]
     schema = httpx.get(f"{api}/api/openapi.json", timeout=30).json()
     assert {"/search", "/items/{item_id}/similar", "/stats"} <= set(schema["paths"])
