@@ -86,6 +86,17 @@ def preview_file(uri: str, sha256: str) -> str | None:
     return None if preview is None else image_file(preview, f"preview-{sha256[:40]}")
 
 
+def no_preview_file() -> str:
+    """The neutral stand-in thumbnail of a result whose image may not be shown."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (236, 236, 236))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((48, 72, 208, 184), outline=(170, 170, 170), width=4)
+    draw.text((92, 196), "no preview", fill=(120, 120, 120))
+    return image_file(image, "no-preview")
+
+
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
@@ -210,21 +221,27 @@ def _percent(score: float) -> str:
 def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
     """Gallery items (thumbnail, caption) and, in the same order, the ids and scores the
     detail view needs. Only ids travel through the page: the detail view reads everything
-    else from the index again, so an edited page can show nothing but catalogue items."""
+    else from the index again, so an edited page can show nothing but catalogue items. A
+    result whose picture may not be shown keeps its place with a stand-in and the reason."""
+    pipeline = get_pipeline()
     gallery, rows = [], []
     for hit in hits:
-        preview = preview_file(hit.uri, hit.item.sha256)
-        if preview is None:
-            continue
         name = product_name(hit.item.label, hit.uri)
         badge = f" · +{len(hit.similar)} similar" if hit.similar else ""
         caption = f"{name} · {_percent(hit.score)}{badge}\n{short_source(hit.uri)}"
+        preview = preview_file(hit.uri, hit.item.sha256)
+        shown = preview is not None
+        if not shown:  # never drop a result silently: name it and say why it has no picture
+            why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
+            preview = no_preview_file()
+            caption = f"{name} · {_percent(hit.score)}{badge}\n{hit.uri}\nno preview: {why}"
         gallery.append((preview, caption))
         rows.append(
             {
                 "id": hit.item.sha256,
                 "score": hit.score,
                 "similar": [[s.item.sha256, s.score] for s in hit.similar],
+                "preview": shown,
             }
         )
     return gallery, rows
@@ -278,7 +295,8 @@ def _search_view(
     note = ""
     if analyzed is not None and not analyzed.detections:
         note = "No objects detected: searched the whole photo (drag on it to draw a box). "
-    return gallery, note + _summary(len(gallery), what, filters), rows, hide_detail
+    unshown = sum(1 for row in rows if not row["preview"])
+    return gallery, note + _summary(len(gallery), what, filters, unshown), rows, hide_detail
 
 
 def _text_kind(short: bool = False) -> str:
@@ -287,7 +305,7 @@ def _text_kind(short: bool = False) -> str:
     return "keyword" if short else "a keyword (e.g. banana)"
 
 
-def _summary(shown: int, what: str, filters: dict[str, Any]) -> str:
+def _summary(shown: int, what: str, filters: dict[str, Any], unshown: int = 0) -> str:
     pipeline = get_pipeline()
     count = pipeline.index.count()
     if shown == 0:
@@ -298,6 +316,8 @@ def _summary(shown: int, what: str, filters: dict[str, Any]) -> str:
     if filters:
         narrowed = " (filtered: " + ", ".join(f"{k} {v}" for k, v in filters.items()) + ")"
     note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
+    if unshown:
+        note += f" {unshown} result(s) shown without a preview (see their captions)."
     return f"Top {shown} of {count} indexed images{what}{narrowed}.{note}"
 
 
@@ -386,7 +406,9 @@ def more_like_this(
     name = product_name(item.label, item.uri) if item else item_id[:12]
     source_text = f" ({html.escape(short_source(item.uri))})" if item else ""
     what = f" like **{html.escape(name)}**{source_text}"
-    return gallery, _summary(len(gallery), what, filters), rows, gr.update(visible=False)
+    unshown = sum(1 for row in rows if not row["preview"])
+    summary = _summary(len(gallery), what, filters, unshown)
+    return gallery, summary, rows, gr.update(visible=False)
 
 
 def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
@@ -397,9 +419,9 @@ def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
     row = rows[index]
     pipeline = get_pipeline()
     item = pipeline.item(str(row.get("id", "")))
-    preview = None if item is None else preview_file(item.uri, item.sha256)
-    if item is None or preview is None:
+    if item is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    preview = preview_file(item.uri, item.sha256) or no_preview_file()
     score = float(row.get("score", 0.0))
     lines = [
         f"### {html.escape(product_name(item.label, item.uri))} · {_percent(score)} match",

@@ -97,6 +97,11 @@ class VectorIndex(Protocol):
         """At least ``count``, ``backend`` and ``dimension``."""
         ...
 
+    def holds(self, uri: str) -> bool:
+        """Whether ``uri`` is a stored name: previews read only what the index holds, so a URI
+        from a client (a thumbnail URL) can never name another server file."""
+        ...
+
 
 @runtime_checkable
 class ImageSource(Protocol):

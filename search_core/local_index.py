@@ -633,6 +633,13 @@ class LocalIndex:
     def _graph_path(self) -> Path:
         return self.data_dir / "hnsw.npz"
 
+    def holds(self, uri: str) -> bool:
+        """Whether ``uri`` is a stored name (one indexed lookup in ``names``)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM names WHERE uri = ? LIMIT 1", (uri,)
+            ).fetchone() is not None
+
     def vector_of(self, sha256: str) -> np.ndarray | None:
         """The stored vector of one content, or None: "more like this" and the near-duplicate
         check reuse what indexing computed instead of re-embedding."""

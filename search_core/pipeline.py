@@ -27,7 +27,13 @@ from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import Detector, Embedder, VectorIndex
 from search_core.jobs import JobManager
-from search_core.sources import open_source
+from search_core.sources import (  # noqa: F401  (PREVIEW_*: re-exported for the UI)
+    PREVIEW_NOT_INDEXED,
+    PREVIEW_OUTSIDE_ROOTS,
+    open_source,
+    preview_policy,
+    read_uri,
+)
 from search_core.tags import Tagger, facets, matching_tags
 from search_core.types import Box, Detection, ItemMeta, SearchHit
 
@@ -476,9 +482,17 @@ class SearchPipeline:
         return True
 
     def preview(self, uri: str, max_side: int = 384) -> Image.Image | None:
-        """A small image of a result for the gallery; None if the file went away."""
-        from search_core.sources import read_uri
+        """A small image of a result for the gallery; None if it may not be shown (see
+        :meth:`preview_refusal`) or the file went away.
 
+        ``uri`` may come from a client (a thumbnail URL), so it is read only when the index
+        holds it and it lies under the allowed roots (local files: checked again on the file
+        actually opened) or comes from an S3 bucket the index holds it from.
+        """
+        refusal = self.preview_refusal(uri)
+        if refusal is not None:
+            log.info("no preview for %r: %s", uri[:300], refusal)
+            return None
         try:
             return load_image(
                 read_uri(uri, self.settings), max_side=max_side, max_pixels=self.settings.max_pixels
@@ -486,6 +500,24 @@ class SearchPipeline:
         except (SearchError, OSError) as exc:
             log.warning("no preview for %s: %s", uri, exc)
             return None
+
+    def preview_refusal(self, uri: str) -> str | None:
+        """Why the web app may not show this item's image (None: it may), worded for users.
+
+        Cheap (one index lookup, no file opened). The CLI may index folders outside
+        ``SEARCH_FOLDER_ROOTS`` (it is the owner's tool); their results are still found on the
+        web, but shown without a preview (:data:`PREVIEW_OUTSIDE_ROOTS`).
+        """
+        if not isinstance(uri, str) or not uri or "\x00" in uri:
+            return PREVIEW_NOT_INDEXED
+        try:
+            held = self.index.holds(uri)
+        except SearchError as exc:
+            log.warning("no preview for %r: index lookup failed: %s", uri[:300], exc)
+            return "the index cannot be reached"
+        if not held:
+            return PREVIEW_NOT_INDEXED
+        return preview_policy(uri, self.settings)
 
     # -- operations ----------------------------------------------------------------------------
 

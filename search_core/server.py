@@ -37,6 +37,7 @@ from starlette.routing import Mount
 from search_core import budget
 from search_core.config import REPO_ROOT, Settings
 from search_core.errors import ConfigError, SearchError
+from search_core.forwarded import ForwardedClient
 from search_core.ratelimit import LoginLimiter
 from search_core.tempstore import TempSweeper
 from search_core.uploads import UploadPathGuard, upload_folder
@@ -184,11 +185,14 @@ def create_app(
     auth: Auth | None = None,
     root_path: str | None = None,
     warm_up: bool = True,
+    share: bool = False,
 ) -> FastAPI:
     """FastAPI app with ``/ping``, ``/healthz`` and the Gradio UI mounted at ``/``, behind the
     auth wall and the upload guard (:func:`secure`).
 
     ``auth`` defaults to :func:`load_auth` and ``root_path`` to ``SEARCH_ROOT_PATH``.
+    ``share``: the app is served through a public share link (:func:`open_share_link`); Gradio
+    then tells search engines not to index it and loads its front-end from its CDN.
     Health endpoints stay outside the auth wall on purpose: load balancers cannot log in.
     """
     import gradio as gr
@@ -253,6 +257,7 @@ def create_app(
         ssr_mode=False,  # SSR needs a Node server next to Python; the image has none
     )
     secure(app, demo, settings, guard)
+    demo.share = share
     return app
 
 
@@ -375,33 +380,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _run_share(build_demo: BuildDemo, host: str, port: int, auth: Auth) -> int:
-    """Share mode uses Gradio's own server, which is what opens the tunnel."""
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    warm = _WarmUp()
-    warm.start()
-    settings = Settings.from_env()
-    budget.configure(settings.max_decodes)
-    guard = login_guard(auth, settings)
-    assert guard is not None  # share mode refuses to start without auth
-    demo.launch(
-        share=True,
-        auth=guard.login,
-        server_name=host,
-        server_port=port,
-        prevent_thread_lock=True,
-        show_error=True,
-        ssr_mode=False,
-    )
-    stop.wait()
-    stop_jobs()
-    warm.join(JOB_STOP_TIMEOUT_S)
-    demo.close()
-    return 0
+def open_share_link(host: str, port: int) -> str | None:
+    """Points Gradio's share tunnel (``*.gradio.live``) at the server on ``host:port``; the
+    public URL, or None when it cannot be made (logged; the local server keeps running).
+
+    Why not ``demo.launch(share=True)``: that serves the Blocks from Gradio's own app, without
+    the auth wall, the upload guard, the temp-folder sweep and the health routes of
+    :func:`create_app`. The tunnel only forwards to a local port, so it is pointed at the very
+    app every other mode serves: a share link gets exactly the same protections.
+    """
+    import secrets
+
+    from gradio import networking
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    address = os.environ.get("GRADIO_SHARE_SERVER_ADDRESS") or None  # a self-hosted frp server
+    try:
+        url = networking.setup_tunnel(
+            local_host=local,
+            local_port=port,
+            share_token=secrets.token_urlsafe(32),
+            share_server_address=address,
+            share_server_tls_certificate=(
+                os.environ.get("GRADIO_SHARE_SERVER_TLS_CERTIFICATE") or None),
+        )
+    except Exception as exc:  # no internet, frpc not downloadable: keep serving locally
+        reason = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+        log.error("no share link (%s); the app is served at http://%s:%d only", reason, local,
+                  port)
+        return None
+    # as Gradio does: the public side of its own share servers is https
+    url = ("http://" if address else "https://") + url.split("://", 1)[-1]
+    log.info("public share link (expires after 72 hours; login required): %s", url)
+    return url
+
+
+def close_share_links() -> None:
+    """Stops the tunnel processes :func:`open_share_link` started."""
+    try:
+        from gradio.tunneling import CURRENT_TUNNELS
+    except ImportError:
+        return
+    for tunnel in list(CURRENT_TUNNELS):
+        with contextlib.suppress(Exception):
+            tunnel.kill()
+
+
+def _share_when_started(server: uvicorn.Server, host: str, port: int) -> threading.Thread:
+    """Opens the share link once the server listens (the tunnel checks the port)."""
+
+    def run() -> None:
+        import time
+
+        while not server.started and not server.should_exit:
+            time.sleep(0.1)
+        if server.started and not server.should_exit:
+            open_share_link(host, port)
+
+    thread = threading.Thread(target=run, name="share-link", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
@@ -413,12 +451,10 @@ def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         auth = load_auth()
-        if args.share:
-            if not auth:
-                print(SHARE_NEEDS_AUTH, file=sys.stderr)
-                return 2
-            return _run_share(build_demo, args.host, args.port, auth)
-        app = create_app(build_demo, auth=auth)
+        if args.share and not auth:
+            print(SHARE_NEEDS_AUTH, file=sys.stderr)
+            return 2
+        app = create_app(build_demo, auth=auth, share=args.share)
     except SearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -429,13 +465,22 @@ def main(build_demo: BuildDemo, argv: list[str] | None = None) -> int:
         log_level=os.environ.get("LOG_LEVEL", "info").lower(),
         # Behind the ALB the client address and scheme come from X-Forwarded-*; which peers
         # may set them is uvicorn's FORWARDED_ALLOW_IPS (the image sets "*": only the load
-        # balancer can reach the task).
-        proxy_headers=True,
+        # balancer can reach the task). Read by ForwardedClient below, not uvicorn: uvicorn
+        # takes the client-written end of the header with "*" (search_core.forwarded).
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
         # ALB idle timeout is 60 s by default; keep-alive must outlive it or the ALB reuses a
         # connection the server already closed and the user sees a 502.
         timeout_keep_alive=75,
     )
     log.info("listening on http://%s:%d (auth %s)", args.host, args.port, "on" if auth else "off")
-    _Server(config).run()
+    config.app = ForwardedClient(app, config.forwarded_allow_ips or "127.0.0.1")
+    server = _Server(config)
+    if args.share:
+        _share_when_started(server, args.host, args.port)
+    try:
+        server.run()
+    finally:
+        if args.share:
+            close_share_links()
     return 0

@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 _NON_UTF8_PREFIX = "file://"
 
+#: Why a preview is refused (shown under the result; none names the server's folder layout).
+PREVIEW_NOT_INDEXED = "not an item of the index"
+PREVIEW_OUTSIDE_ROOTS = (
+    "outside the folders this web app may show (the server's SEARCH_FOLDER_ROOTS setting)"
+)
+
 
 def _display_uri(path: str) -> str:
     """The path itself, or a percent-encoded ``file://`` URI for names that are not valid
@@ -163,6 +169,27 @@ def open_source(uri: str, settings: Settings) -> ImageSource:
     if "://" in uri:
         raise SourceError(f"unsupported source {uri!r}: use a folder path or s3://bucket/prefix")
     return FolderSource(uri, settings.folder_roots, settings.max_upload_bytes)
+
+
+def preview_policy(uri: str, settings: Settings) -> str | None:
+    """Why an indexed item may not be shown on the web (None: it may), without opening it.
+
+    ``s3://`` items pass: the index holds them, so they come from a bucket somebody indexed
+    with the server's credentials. A local path must be absolute and its real path must lie
+    under ``settings.folder_roots`` (the CLI may have indexed other folders).
+    """
+    if uri.startswith("s3://"):
+        return None
+    try:
+        path = uri_to_path(uri)
+        if not os.path.isabs(path):
+            return "not an indexed file path"
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return "not an indexed file path"
+    if settings.folder_roots and not under(real, settings.folder_roots):
+        return PREVIEW_OUTSIDE_ROOTS
+    return None
 
 
 def read_uri(uri: str, settings: Settings) -> bytes:

@@ -129,12 +129,13 @@ def file_paths(value: Any) -> list[str]:
 
 
 class UploadPathGuard:
-    """ASGI middleware: a JSON request to Gradio's API that names a file outside the upload
-    folder is answered 400 with :data:`NOT_AN_UPLOAD` before Gradio sees it.
+    """ASGI middleware: a request to Gradio's API whose JSON names a file outside the upload
+    folder is answered 400 with :data:`NOT_AN_UPLOAD` before Gradio sees it (whatever its
+    ``Content-Type`` says; only multipart uploads pass unread).
 
     ``prefixes``: the URL paths whose JSON bodies carry Gradio file objects. ``max_body``:
-    bigger JSON bodies are refused (413) instead of being buffered (images come as multipart
-    uploads; the JSON of an API call is a few KB).
+    bigger non-multipart bodies are refused (413) instead of being buffered (images come as
+    multipart uploads; the JSON of an API call is a few KB).
     """
 
     def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...] = ("/gradio_api/",),
@@ -148,7 +149,10 @@ class UploadPathGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if "json" not in headers.get("content-type", ""):
+        # Every body but a multipart upload is read: media types are case-insensitive and
+        # FastAPI parses "Application/JSON" (or a body without a type) as JSON, so a check on
+        # "json" in the header let such a request past this guard.
+        if headers.get("content-type", "").strip().lower().startswith("multipart/"):
             await self.app(scope, receive, send)
             return
         body = bytearray()

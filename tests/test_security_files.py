@@ -215,3 +215,88 @@ def test_source_entry_reads_respect_the_upload_cap(layout: dict[str, Path]) -> N
     entry = SourceEntry(uri=str(layout["photo"]))
     with pytest.raises(SourceError, match="too large"):
         source.read(entry)
+
+
+def test_previews_show_only_what_the_index_holds_under_the_roots(
+    layout: dict[str, Path], tmp_path: Path
+) -> None:
+    """``SearchPipeline.preview`` takes URIs that may come from a client (thumbnail URLs): a
+    file the index does not hold is never read, even inside the roots; a held file outside the
+    roots (indexed with the CLI, which has no allow-list) is refused with a reason the UI shows;
+    a held name whose folder was swapped for a link to the outside is refused too."""
+    from search_core.models.efficientnet import EfficientNetEmbedder
+    from search_core.pipeline import SearchPipeline
+    from search_core.sources import PREVIEW_NOT_INDEXED, PREVIEW_OUTSIDE_ROOTS
+
+    root, outside = layout["root"], layout["outside"]
+    cli_folder = outside / "cli"
+    cli_folder.mkdir()
+    shutil.copy(layout["private"], cli_folder / "pictures.jpg")
+    shutil.copy(layout["photo"], root / "not-indexed.jpg")
+    settings = Settings(folder_roots=(root,), data_dir=tmp_path / "data")
+    embedder = EfficientNetEmbedder(settings.models_dir)
+    index = LocalIndex(settings.data_dir, dimension=embedder.dimension,
+                       model_id=embedder.model_id)
+    indexer = Indexer(embedder, index, batch_size=4)
+    indexer.run(FolderSource(root / "sub", (root,)))
+    indexer.run(FolderSource(cli_folder))  # the owner's CLI: no allow-list
+    pipeline = SearchPipeline(settings, detector=None, embedder=embedder, index=index)
+
+    inside, cli_item = str(layout["photo"]), str(cli_folder / "pictures.jpg")
+    assert index.holds(inside) and index.holds(cli_item)
+    assert pipeline.preview(inside) is not None and pipeline.preview_refusal(inside) is None
+    for uri in (str(root / "not-indexed.jpg"), "/etc/passwd", "/proc/self/environ",
+                f"{root}/sub/../../outside/{layout['private'].name}", "", "bad\x00uri",
+                "s3://some-bucket/never-indexed.jpg"):
+        assert not index.holds(uri)
+        assert pipeline.preview(uri) is None, uri
+        assert pipeline.preview_refusal(uri) == PREVIEW_NOT_INDEXED, uri
+    assert pipeline.preview(cli_item) is None
+    assert pipeline.preview_refusal(cli_item) == PREVIEW_OUTSIDE_ROOTS
+    assert str(outside) not in PREVIEW_OUTSIDE_ROOTS and str(root) not in PREVIEW_OUTSIDE_ROOTS
+
+    # the held name stays, its folder becomes a link to the outside (same file names there)
+    (root / "sub").rename(root / "sub-moved")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    assert index.holds(inside) and pipeline.preview(inside) is None
+    assert pipeline.preview_refusal(inside) == PREVIEW_OUTSIDE_ROOTS
+
+
+def test_opensearch_index_holds_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``holds`` on OpenSearch: a term query on ``uri`` (a fresh process has no memory of what
+    it wrote), exact names only."""
+    from fake_opensearch import FakeOpenSearch
+
+    from search_core.aws.opensearch_index import OpenSearchIndex
+    from search_core.types import ItemMeta
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    items = [ItemMeta(uri=f"s3://bucket/photos/{i}.jpg", sha256=f"{i:064x}", label="x",
+                      width=10, height=10, size_bytes=100, model="m", dimension=4)
+             for i in range(3)]
+    vectors = np.eye(4, dtype=np.float32)[:3]
+    with FakeOpenSearch(strict=False, service=None) as fake:
+        settings = Settings(index="opensearch", opensearch_endpoint=fake.url,
+                            opensearch_auth="none", opensearch_index="holds-test")
+        OpenSearchIndex(settings, dimension=4).add(vectors, items)
+        fresh = OpenSearchIndex(settings, dimension=4)
+        assert fresh.holds("s3://bucket/photos/1.jpg")
+        for uri in ("s3://bucket/photos/9.jpg", "s3://bucket/photos/", "s3://bucket/photos/1",
+                    "/etc/passwd", ""):
+            assert not fresh.holds(uri), uri
+
+
+@pytest.mark.parametrize("trusted, peer, header, client", [
+    ("*", "10.0.3.7", "6.6.6.6, 203.0.113.7", "203.0.113.7"),  # what the balancer appended
+    ("*", "10.0.3.7", "203.0.113.7:5123", "203.0.113.7"),
+    ("10.0.0.0/8", "10.0.3.7", "6.6.6.6, 203.0.113.7, 10.1.1.1", "203.0.113.7"),
+    ("10.0.0.0/8", "198.51.100.9", "6.6.6.6", "198.51.100.9"),  # an untrusted peer's header
+    ("127.0.0.1,::1", "::1", "[2001:db8::5]:443", "2001:db8::5"),
+    ("127.0.0.1", "127.0.0.1", "", "127.0.0.1"),
+])
+def test_the_client_behind_a_proxy_is_read_from_the_right(trusted: str, peer: str,
+                                                           header: str, client: str) -> None:
+    from search_core.forwarded import TrustedProxies, client_from
+
+    assert client_from(peer, header, TrustedProxies(trusted)) == client

@@ -6,6 +6,7 @@ the health checks and the login page needs a session; login brute force ends in 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -132,6 +133,23 @@ def test_server_files_are_refused_over_http(app: Target) -> None:
     assert copies_of([app.temp], secret_contents(app.targets)) == []
     log = app.server.log()
     assert "refused file input" in log and "Traceback" not in log
+
+
+def test_the_content_type_cannot_route_around_the_guard(app: Target) -> None:
+    """Media types are case-insensitive and FastAPI parses a JSON body whatever case its type
+    is written in: "Application/Json" once reached Gradio past the upload guard."""
+    body = {"data": [file_payload(app.targets["outside image"])]}
+    import json
+
+    for content_type in ("Application/Json;charset=utf-8", "APPLICATION/JSON",
+                         "application/vnd.api+json", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        got = httpx.post(f"{app.url}/gradio_api/call/analyze", cookies=app.cookies,
+                         content=json.dumps(body).encode(), headers=headers, timeout=30)
+        assert got.status_code in (400, 422), (content_type, got.status_code, got.text)
+        if got.status_code == 400:
+            assert NOT_AN_UPLOAD in got.text, (content_type, got.text)
+    assert copies_of([app.temp], secret_contents(app.targets)) == []
 
 
 def test_server_files_are_refused_through_gradio_client(app: Target,
@@ -262,6 +280,33 @@ def test_login_brute_force_ends_in_429_and_the_owner_gets_back_in(app: Target) -
     assert "login failed" in log and "guess-" not in log and PASSWORD not in log
 
 
+def test_a_forged_forwarded_for_does_not_escape_the_client_lock_out(tmp_path: Path) -> None:
+    """Behind the load balancer (FORWARDED_ALLOW_IPS=*, as in the container) the client writes
+    the left of X-Forwarded-For and the balancer appends the address it saw. Guessing with a
+    new user name and a new forged address each time once never locked the client out; the
+    address the balancer appended is the one that counts, and another client still gets in."""
+    server = AppServer(tmp_path / "app", SEARCH_AUTH=f"{USER}:{PASSWORD}",
+                       FORWARDED_ALLOW_IPS="*", SEARCH_LOGIN_MAX_FAILURES="3",
+                       SEARCH_LOGIN_LOCKOUT_S="60", SEARCH_DETECTOR="none")
+    server.start()
+    try:
+        codes = []
+        for attempt in range(8):
+            got = httpx.post(f"{server.url}/login", timeout=30,
+                             data={"username": f"guess{attempt}", "password": "x"},
+                             headers={"X-Forwarded-For": f"10.9.0.{attempt}, 203.0.113.7"})
+            codes.append(got.status_code)
+        assert codes[-1] == 429 and codes.count(429) >= 4, codes
+        other = httpx.post(f"{server.url}/login", timeout=30,
+                           data={"username": USER, "password": PASSWORD},
+                           headers={"X-Forwarded-For": "198.51.100.4"})
+        assert other.status_code == 200, other.text
+        log = server.log()
+        assert "from 203.0.113.7" in log and "from 10.9.0." not in log
+    finally:
+        server.stop()
+
+
 def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
     """The owner's command line indexes any folder without SEARCH_FOLDER_ROOTS."""
     import json
@@ -279,6 +324,81 @@ def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["indexed"] == 2
+
+
+def test_results_outside_the_roots_keep_their_place_without_a_preview(tmp_path: Path) -> None:
+    """The owner indexes ~/Pictures with the CLI (no allow-list), then searches in the web app
+    whose SEARCH_FOLDER_ROOTS does not include it: every result is still listed, with a
+    placeholder thumbnail and the reason in its caption, and nothing of the folder is read
+    for the web (the previews stay out of the temp folder)."""
+    from gradio_client import Client, handle_file
+    from load import run_cli
+
+    pictures = tmp_path / "Pictures"
+    pictures.mkdir()
+    photos = sorted(GROCERY.glob("train/Fruit/Banana/*.jpg"))[:3]
+    for photo in photos:
+        shutil.copy(photo, pictures / photo.name)
+    server = AppServer(tmp_path / "app", SEARCH_FOLDER_ROOTS=str(tmp_path / "app" / "roots"))
+    env = {k: v for k, v in server.env.items() if k != "SEARCH_FOLDER_ROOTS"}
+    run = run_cli(["index", str(pictures)], env)
+    assert run.returncode == 0, run.stderr
+    server.start()
+    try:
+        client = Client(server.url, verbose=False)
+        try:
+            gallery, status = client.predict(handle_file(str(photos[0])), "whole", 5, "", 0, 0,
+                                             100, 100, api_name="/search")
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    assert len(gallery) == 3, (gallery, status)
+    for item in gallery:
+        assert "no preview: outside the folders this web app may show" in item["caption"]
+        assert str(pictures) in item["caption"]  # the result itself is named
+    assert "3 result(s) shown without a preview" in status, status
+    assert "Top 3 of 3" in status, status
+    assert str(tmp_path / "app" / "roots") not in status  # no server layout in messages
+
+
+def test_share_mode_serves_the_same_locked_down_app(tmp_path: Path) -> None:
+    """``--share`` serves :func:`search_core.server.create_app` (auth wall, upload guard, health
+    routes) and points Gradio's tunnel at it. The tunnel needs the internet; here its client
+    binary is a stand-in that fails Gradio's checksum, so the link is refused at once, the
+    failure is logged, and the local port (what the tunnel would forward) is attacked."""
+    from gradio import tunneling
+
+    hf_home = tmp_path / "hf"
+    fake_frpc = hf_home / "gradio" / "frpc" / tunneling.BINARY_FILENAME
+    fake_frpc.parent.mkdir(parents=True)
+    fake_frpc.write_text("#!/bin/sh\nexit 1\n")
+    fake_frpc.chmod(0o755)
+    server = AppServer(tmp_path / "app", GRADIO_SHARE="1", SEARCH_AUTH=f"{USER}:{PASSWORD}",
+                       HF_HOME=str(hf_home))
+    server.start()
+    try:
+        secret = tmp_path / "secret.txt"
+        secret.write_text("share-mode-secret")
+        assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
+        robots = httpx.get(f"{server.url}/robots.txt", timeout=10).text
+        assert "Disallow: /" in robots  # Gradio's share behaviour: not for search engines
+        for route in ("/openapi.json", "/gradio_api/user", "/gradio_api/info", "/api/anything",
+                      "/gradio_api/file=/etc/passwd"):
+            assert httpx.get(server.url + route, timeout=30).status_code == 401, route
+        cookies = _login(server.url)
+        for path in ("/etc/shadow", str(secret), "/dev/zero"):
+            got = call(server.url, "analyze", [file_payload(path)], cookies, timeout=30)
+            assert got.text.startswith("400") and NOT_AN_UPLOAD in got.text, (path, got)
+        deadline = time.monotonic() + 60
+        while "no share link" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = server.log()
+        assert "no share link" in log and "served at http://127.0.0.1" in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()
+    assert copies_of([Path(server.env["GRADIO_TEMP_DIR"])], [b"share-mode-secret"]) == []
 
 
 def test_near_limit_images_four_at_once_come_back(tmp_path: Path) -> None:

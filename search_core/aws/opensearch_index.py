@@ -592,6 +592,20 @@ class OpenSearchIndex:
         matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dimension)
         return matrix, items
 
+    def holds(self, uri: str) -> bool:
+        """Whether ``uri`` is a stored name: one term query (names written moments ago on
+        Serverless, not yet searchable, count too)."""
+        if not uri:
+            return False
+        with self._lock:
+            if uri in self._recent_names:
+                return True
+        self.ensure_index()
+        body = {"size": 1, "_source": ["uri"],
+                "query": {"bool": {"filter": [{"term": {"uri": uri}}]}}}
+        response = self._call("term query", self.client.search, index=self.index_name, body=body)
+        return bool(response.get("hits", {}).get("hits"))
+
 
 # -- helpers --------------------------------------------------------------------------------
 
