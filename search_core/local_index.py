@@ -656,4 +656,3 @@ class LocalIndex:
                 "SELECT meta FROM names WHERE sha256 = ? ORDER BY row LIMIT 1", (sha256,)
             ).fetchone()
         return None if row is None else ItemMeta.from_dict(json.loads(row[0]))
-
