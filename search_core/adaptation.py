@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from search_core.filters import matches as _matches  # the filters every backend applies
 from search_core.types import ItemMeta, SearchHit
 
 log = logging.getLogger(__name__)
@@ -414,18 +415,6 @@ def read_vectors(index: Any) -> tuple[np.ndarray, list[ItemMeta]]:
         raise NotImplementedError(f"{type(index).__name__} cannot list its vectors")
     matrix, items = reader()
     return np.asarray(matrix, dtype=np.float32), list(items)
-
-
-def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
-    data = item.to_dict()
-    for key, wanted in filters.items():
-        value = data.get(key, item.extra.get(key))
-        if isinstance(wanted, (list, tuple, set)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True
 
 
 class CatalogueAdapter:

@@ -141,6 +141,18 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "Indexed in the background at app start when the index is empty (`off` disables).",
     ),
     (
+        "SEARCH_TAGS",
+        "all",
+        "Automatic tags stored at index time: `all` (detector labels + EfficientNet's ImageNet "
+        "labels; the detector costs ingest speed), `keywords` (ImageNet labels only, free), `off`.",
+    ),
+    (
+        "SEARCH_NEAR_DUPLICATE",
+        "0.89",
+        'Cosine from which a result folds into a higher one ("+N similar"); calibrated by '
+        "bench/near_duplicates.py for EfficientNet-Lite0; 0 disables.",
+    ),
+    (
         "SEARCH_CLIP_MODEL",
         "openai/clip-vit-base-patch32",
         "Hugging Face model id for `SEARCH_EMBEDDER=clip`.",
@@ -173,7 +185,11 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ),
     ("TITAN_EMBEDDING_LENGTH", "1024", "Titan outputEmbeddingLength: 256, 384 or 1024."),
     ("TITAN_MAX_CONCURRENCY", "8", "Parallel Bedrock calls while indexing."),
-    ("AWS_RETRY_MODE", "(adaptive; standard for Bedrock)", "botocore retry mode for every AWS client; by default Bedrock's bulk calls use `standard` (see search_core/aws/clients.py)."),
+    (
+        "AWS_RETRY_MODE",
+        "(adaptive; standard for Bedrock)",
+        "botocore retry mode for every AWS client; by default Bedrock's bulk calls use `standard` (see search_core/aws/clients.py).",
+    ),
     ("AWS_MAX_ATTEMPTS", "8", "Total attempts per AWS call, first try included."),
     ("OPENSEARCH_ENDPOINT", "", "OpenSearch URL, e.g. https://xxxx.us-east-1.aoss.amazonaws.com."),
     ("OPENSEARCH_INDEX", "visual-search", "Index name."),
@@ -221,6 +237,8 @@ class Settings:
     folder_roots: tuple[Path, ...] = ()
     hnsw_threshold: int = 20_000
     sample_catalogue: Path | None = REPO_ROOT / "samples" / "catalogue"
+    tags: str = "all"
+    near_duplicate: float = 0.89
     clip_model: str = "openai/clip-vit-base-patch32"
     adapt: str = "auto"
     view_crop: float = 0.8
@@ -267,6 +285,10 @@ class Settings:
             sample_catalogue=_optional_path(
                 _env("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"))
             ),
+            tags={"true": "all", "1": "all", "false": "off", "0": "off"}.get(
+                _env("SEARCH_TAGS", "all").lower(), _env("SEARCH_TAGS", "all").lower()
+            ),
+            near_duplicate=_env_float("SEARCH_NEAR_DUPLICATE", 0.89),
             clip_model=_env("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32"),
             adapt=_env("SEARCH_ADAPT", "auto").lower(),
             view_crop=_env_float("SEARCH_VIEW_CROP", 0.8),
@@ -293,6 +315,7 @@ class Settings:
             "SEARCH_DETECTOR": (self.detector, {"local", "rekognition", "none"}),
             "SEARCH_EMBEDDER": (self.embedder, {"efficientnet", "clip", "titan"}),
             "SEARCH_INDEX": (self.index, {"local", "opensearch"}),
+            "SEARCH_TAGS": (self.tags, {"all", "keywords", "off"}),
             "SEARCH_ADAPT": (self.adapt, {"auto", "off"}),
         }
         for name, (value, allowed) in choices.items():

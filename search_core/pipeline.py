@@ -20,7 +20,9 @@ from PIL import Image
 from search_core.adaptation import CatalogueAdapter, CatalogueLabel
 from search_core.config import Settings
 from search_core.crop import crop
-from search_core.errors import ImageError, SearchError
+from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
+from search_core.errors import ImageError, ItemNotFoundError, SearchError
+from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import Detector, Embedder, VectorIndex
@@ -32,7 +34,8 @@ from search_core.sources import (  # noqa: F401  (PREVIEW_*: re-exported for the
     preview_policy,
     read_uri,
 )
-from search_core.types import Box, Detection, SearchHit
+from search_core.tags import Tagger, facets, matching_tags
+from search_core.types import Box, Detection, ItemMeta, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +245,7 @@ class SearchPipeline:
         # view vectors per (image hash, region): auto, labels and the search share embeddings
         self._views: OrderedDict[tuple[str, Box | None], np.ndarray] = OrderedDict()
         self._auto: OrderedDict[str, int | None] = OrderedDict()
+        self._facets: tuple[int, dict[str, list[str]]] | None = None  # (count, facets)
 
     # -- analysis ------------------------------------------------------------------------------
 
@@ -329,9 +333,102 @@ class SearchPipeline:
                 continue
             seen |= keys
             unique.append(hit)
-            if len(unique) == k:
-                break
-        return unique
+        return self.collapse(unique)[:k]
+
+    def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """Near-duplicates folded into the higher result (needs the index's stored vectors:
+        the local index has them; elsewhere results stay as they are)."""
+        return collapse_near_duplicates(
+            hits, getattr(self.index, "vector_of", None), self.settings.near_duplicate
+        )
+
+    def item(self, sha256: str) -> ItemMeta | None:
+        """One catalogue item by its id (content hash)."""
+        lookup = getattr(self.index, "item_of", None)
+        if callable(lookup):
+            return lookup(sha256)
+        return next((i for i in self.index.items() if i.sha256 == sha256), None)
+
+    def search_by_item(
+        self, sha256: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """More like this: the stored vector of a catalogue item is the query (no image is
+        read or embedded again). The item itself is left out; its near-duplicates stay, as
+        one result."""
+        vector_of = getattr(self.index, "vector_of", None)
+        if not callable(vector_of):
+            raise SearchError(f"the {self.index.name} index cannot return stored vectors")
+        vector = vector_of(sha256)
+        if vector is None:
+            raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
+        hits: list[SearchHit] = []
+        for hit in self.search_vector(vector, k + 1, filters):
+            if hit.item.sha256 != sha256:
+                hits.append(hit)
+            elif hit.similar:  # the item's own copies stay visible, as one result
+                hits.append(dataclasses.replace(hit.similar[0], similar=hit.similar[1:]))
+        return hits[:k]
+
+    def near_duplicate_pairs(self, max_items: int = 20_000) -> list[tuple[str, str, float]]:
+        """(uri, uri, cosine) of distinct contents at or above the near-duplicate threshold,
+        most similar first (byte-identical copies are one content, not a pair); [] when the
+        index keeps no vectors or holds more than ``max_items`` (all pairs is O(N²))."""
+        threshold = self.settings.near_duplicate
+        stored = getattr(self.index, "vectors", None)
+        if not callable(stored) or threshold <= 0 or self.index.count() > max_items:
+            return []
+        matrix, names = stored()
+        first: dict[str, int] = {}
+        for row, item in enumerate(names):
+            first.setdefault(item.sha256, row)
+        rows = sorted(first.values())
+        if len(rows) < 2:
+            return []
+        pairs = near_duplicate_pairs(matrix[rows], threshold)
+        pairs.sort(key=lambda p: -p[2])
+        return [(names[rows[i]].uri, names[rows[j]].uri, score) for i, j, score in pairs]
+
+    def facets(self) -> dict[str, list[str]]:
+        """Categories and tags of the catalogue (filter choices), cached per item count."""
+        count = self.index.count()
+        cached = self._facets
+        if cached is None or cached[0] != count:
+            cached = (count, facets(self.index.items()))
+            self._facets = cached
+        return cached[1]
+
+    def keyword_filters(self, keyword: str) -> dict[str, Any]:
+        """Text on an image-only embedder is a keyword over the automatic tags: "shoe" →
+        items tagged Footwear or running shoe. SearchError when no tag matches."""
+        known = self.facets()["tags"]
+        tags = matching_tags(keyword, known)
+        if not tags:
+            hint = ", ".join(known[:12]) if known else "none yet (re-index with SEARCH_TAGS=true)"
+            raise SearchError(
+                f"no catalogue item is tagged “{keyword}”; tags in this catalogue: {hint}. "
+                f"{self.embedder.model_id} cannot read free text: for that, set "
+                "SEARCH_EMBEDDER=clip or titan"
+            )
+        return {"tags": tags}
+
+    def search_keyword(
+        self, keyword: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """Items tagged with ``keyword``, the most typical first (closest to the mean vector
+        of all of them)."""
+        wanted = {**(filters or {}), **self.keyword_filters(keyword)}
+        vector_of = getattr(self.index, "vector_of", None)
+        if not callable(vector_of):
+            raise SearchError(f"keyword search needs stored vectors ({self.index.name} index)")
+        vectors = [
+            v
+            for v in (vector_of(i.sha256) for i in self.index.items() if matches(i, wanted))
+            if v is not None
+        ]
+        if not vectors:
+            return []
+        centroid = np.mean(vectors, axis=0)
+        return self.search_vector(centroid / max(float(np.linalg.norm(centroid)), 1e-12), k, wanted)
 
     def search(
         self,
@@ -343,6 +440,11 @@ class SearchPipeline:
         filters: dict[str, Any] | None = None,
     ) -> list[SearchHit]:
         text = self.check_text(text)
+        if text is not None and not self.embedder.supports_text:
+            if analyzed is None:
+                return self.search_keyword(text, k, filters)
+            filters = {**(filters or {}), **self.keyword_filters(text)}
+            text = None  # the keyword narrows the image search to its tags
         vector = self.query_vector(analyzed, choice, text)
         return self.search_vector(vector, k, filters, plain=text is not None)
 
@@ -353,12 +455,22 @@ class SearchPipeline:
 
     # -- indexing ------------------------------------------------------------------------------
 
+    def _tagger(self) -> Tagger | None:
+        """SEARCH_TAGS: ``all`` runs the detector on every catalogue image (its labels are the
+        tags a shopper types, "Footwear"), ``keywords`` only keeps the ImageNet labels that
+        come free with EfficientNet's vector, ``off`` stores none."""
+        mode = self.settings.tags
+        if mode == "off":
+            return None
+        return Tagger(self.detector if mode == "all" else None, self.embedder)
+
     def indexer(self) -> Indexer:
         # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
         preferred = int(getattr(self.embedder, "preferred_batch_size", 0) or 0)
         return Indexer(
-            self.embedder,
-            self.index,
+            tagger=self._tagger(),
+            embedder=self.embedder,
+            index=self.index,
             batch_size=max(self.settings.batch_size, preferred),
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,
