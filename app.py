@@ -16,13 +16,15 @@ from typing import Any
 
 import gradio as gr
 
-from search_core.crop import box_from_pixels, draw_detections
+from search_core.crop import box_from_pixels, draw_detections, object_at
 from search_core.errors import SearchError
 from search_core.factory import get_pipeline
 from search_core.interfaces import EventuallyConsistent
 from search_core.pipeline import WHOLE, AnalyzedImage
 from search_core.sources import open_source
+from search_core.tags import item_category, item_tags, product_name, short_source
 from search_core.tempstore import jpeg_file
+from search_core.types import Box, SearchHit
 from search_core.uploads import check_upload_path, read_upload, upload_folder
 
 MANUAL = "manual"
@@ -103,17 +105,41 @@ def _analyze(path: str | None) -> AnalyzedImage | None:
     return pipeline.analyze(read_upload(path, pipeline.settings.max_upload_bytes))
 
 
-def _choices(analyzed: AnalyzedImage) -> list[tuple[str, str]]:
+def _choices(analyzed: AnalyzedImage | None) -> list[tuple[str, str]]:
     choices = [("Whole image", WHOLE)]
-    choices += [(analyzed.choice_label(n), str(n)) for n in range(len(analyzed.detections))]
-    choices.append(("Manual crop (sliders below)", MANUAL))
+    if analyzed is not None:
+        choices += [(analyzed.choice_label(n), str(n)) for n in range(len(analyzed.detections))]
+    choices.append(("Manual box (drag on the photo)", MANUAL))
     return choices
 
 
-def on_image(path: str | None) -> tuple[Any, Any, str]:
-    """New query image: detect objects, draw them, fill the dropdown with the preselection."""
+def _parse_box(text: str | None) -> Box | None:
+    """The manual box the page's drag script wrote: "x0,y0,x1,y1" as fractions."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in (text or "").split(","))
+    except ValueError:
+        return None
+    return box_from_pixels(x0, y0, x1, y1, 1, 1)
+
+
+def _drawn(analyzed: AnalyzedImage, choice: str, box_text: str | None) -> str:
+    """The photo with numbered boxes (captioned with the catalogue's best label where it is a
+    close match), the searched region lit and the rest dimmed."""
+    analyzed = get_pipeline().label_objects(analyzed)  # cached per upload: cheap after the first
+    selected = int(choice) if choice.isdigit() else None
+    region = _parse_box(box_text) if choice == MANUAL else None
+    captions = [analyzed.box_caption(n) for n in range(len(analyzed.detections))]
+    drawing = draw_detections(
+        analyzed.image, analyzed.detections, captions, selected=selected, region=region
+    )
+    return image_file(drawing)
+
+
+def analyze(path: str | None) -> tuple[Any, Any, str]:
+    """New query image: detect objects, draw them, preselect the likeliest one (the public
+    ``/analyze`` endpoint; the page uses :func:`on_image`)."""
     if not path:
-        return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), ""
+        return None, gr.update(choices=_choices(None), value=WHOLE), ""
     try:
         analyzed = _analyze(path)
         assert analyzed is not None
@@ -123,29 +149,193 @@ def on_image(path: str | None) -> tuple[Any, Any, str]:
         preselected = get_pipeline().auto_object(analyzed)
     except SearchError as exc:
         gr.Warning(str(exc))
-        return None, gr.update(choices=[("Whole image", WHOLE)], value=WHOLE), f"⚠️ {exc}"
+        return None, gr.update(choices=_choices(None), value=WHOLE), f"⚠️ {exc}"
     value = WHOLE if preselected is None else str(preselected)
     found = len(analyzed.detections)
     status = (
         f"{found} object(s) found; searching with **{_label(analyzed, value)}**."
         if found
-        else "No objects detected: searching with the whole image (or draw a manual crop)."
+        else "No objects detected: searching with the whole image (or drag a box on it)."
     )
     return (
-        image_file(draw_detections(
-            analyzed.image, analyzed.detections,
-            [analyzed.box_caption(n) for n in range(len(analyzed.detections))],
-        )),
+        _drawn(analyzed, value, None),
         gr.update(choices=_choices(analyzed), value=value),
         status,
     )
 
 
-def _label(analyzed: AnalyzedImage, value: str) -> str:
-    return {v: label for label, v in _choices(analyzed)}.get(value, value)
+def on_image(path: str | None) -> tuple[Any, Any, str, bool, str, str]:
+    """:func:`analyze`, plus whether it worked, so the search chained after it runs only then
+    (the error is shown once, here, not a second time by the search), and the manual box and
+    "more like this" item of the previous photo forgotten."""
+    drawn, dropdown, status = analyze(path)
+    return drawn, dropdown, status, drawn is not None, "", ""
+
+
+def on_photo_click(path: str | None, point: str) -> tuple[Any, Any, str]:
+    """A click on the photo ("x,y" fractions from the page script) picks the smallest detected
+    box under it, or the whole image when it hits none."""
+    analyzed = _analyze(path)
+    try:
+        x, y = (float(v) for v in (point or "").split(","))
+    except ValueError:
+        return gr.skip(), gr.skip(), gr.skip()
+    if analyzed is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    number = object_at(analyzed.detections, x, y)
+    value = WHOLE if number is None else str(number)
+    return _drawn(analyzed, value, None), gr.update(value=value), ""
+
+
+def on_drag(path: str | None, box_text: str) -> tuple[Any, Any, str, str]:
+    """A drag on the photo is a manual box ("x0,y0,x1,y1" fractions from the page script);
+    it is kept in the hidden field so K, filters and the dropdown reuse it."""
+    analyzed = _analyze(path)
+    if analyzed is None or _parse_box(box_text) is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return _drawn(analyzed, MANUAL, box_text), gr.update(value=MANUAL), "", box_text
+
+
+def on_choice(path: str | None, choice: str, box_text: str) -> tuple[Any, str]:
+    """Keyboard path: the dropdown moves the highlight like a click does."""
+    analyzed = _analyze(path)
+    if analyzed is None:
+        return gr.skip(), ""
+    return _drawn(analyzed, choice, box_text), ""
+
+
+def _filters(category: str | None, tags: list[str] | None, source: str | None) -> dict[str, Any]:
+    filters: dict[str, Any] = {}
+    if category:
+        filters["category"] = category
+    if tags:
+        filters["tags"] = list(tags)
+    if source and source.strip():
+        filters["source_prefix"] = source.strip()
+    return filters
+
+
+def _percent(score: float) -> str:
+    return f"{max(score, 0.0) * 100:.0f} %"
+
+
+def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
+    """Gallery items (thumbnail, caption) and, in the same order, the ids and scores the
+    detail view needs. Only ids travel through the page: the detail view reads everything
+    else from the index again, so an edited page can show nothing but catalogue items. A
+    result whose picture may not be shown keeps its place with a stand-in and the reason."""
+    pipeline = get_pipeline()
+    gallery, rows = [], []
+    for hit in hits:
+        name = product_name(hit.item.label, hit.uri)
+        badge = f" · +{len(hit.similar)} similar" if hit.similar else ""
+        caption = f"{name} · {_percent(hit.score)}{badge}\n{short_source(hit.uri)}"
+        preview = preview_file(hit.uri, hit.item.sha256)
+        shown = preview is not None
+        if not shown:  # never drop a result silently: name it and say why it has no picture
+            why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
+            preview = no_preview_file()
+            caption = f"{name} · {_percent(hit.score)}{badge}\n{hit.uri}\nno preview: {why}"
+        gallery.append((preview, caption))
+        rows.append(
+            {
+                "id": hit.item.sha256,
+                "score": hit.score,
+                "similar": [[s.item.sha256, s.score] for s in hit.similar],
+                "preview": shown,
+            }
+        )
+    return gallery, rows
+
+
+def _search_view(
+    path: str | None,
+    choice: str,
+    box_text: str,
+    k: float,
+    text: str,
+    category: str | None,
+    tags: list[str] | None,
+    source: str | None,
+    *,
+    toast: bool,
+) -> tuple[Any, str, list[dict[str, Any]], Any]:
+    """Crop the chosen object, embed it, show the top K with name, score and source."""
+    pipeline = get_pipeline()
+    hide_detail = gr.update(visible=False)
+    try:
+        analyzed = _analyze(path)
+        if analyzed is None and not (text or "").strip():
+            return [], f"Upload a photo or type {_text_kind()} to search.", [], hide_detail
+        region: Any = choice or WHOLE
+        if choice == MANUAL:
+            region = _parse_box(box_text)
+            if region is None:
+                region = WHOLE
+        elif isinstance(choice, str) and choice.isdigit():
+            # Dropdown values are 0-based detection numbers; as an int the pipeline takes
+            # them as such (a digit *string* means the CLI's 1-based --object N).
+            region = int(choice)
+        filters = _filters(category, tags, source)
+        hits = pipeline.search(analyzed, region, k=int(k), text=text or None, filters=filters)
+    except SearchError as exc:
+        if toast:
+            gr.Warning(str(exc))
+        return [], f"⚠️ {exc}", [], hide_detail
+    gallery, rows = _result_rows(hits)
+    what = ""
+    if analyzed is not None:
+        if choice == MANUAL and _parse_box(box_text) is not None:
+            what = " for **your manual crop**"
+        elif choice == MANUAL:
+            what = " for **Whole image** (drag on the photo to draw your box)"
+        else:
+            what = f" for **{_label(analyzed, choice)}**"
+    if text:
+        what += f" with {_text_kind(short=True)} “{html.escape(text[:80])}”"
+    note = ""
+    if analyzed is not None and not analyzed.detections:
+        note = "No objects detected: searched the whole photo (drag on it to draw a box). "
+    unshown = sum(1 for row in rows if not row["preview"])
+    return gallery, note + _summary(len(gallery), what, filters, unshown), rows, hide_detail
+
+
+def _text_kind(short: bool = False) -> str:
+    if get_pipeline().embedder.supports_text:
+        return "text" if short else "a text"
+    return "keyword" if short else "a keyword (e.g. banana)"
+
+
+def _summary(shown: int, what: str, filters: dict[str, Any], unshown: int = 0) -> str:
+    pipeline = get_pipeline()
+    count = pipeline.index.count()
+    if shown == 0:
+        if count == 0:
+            return "The index is empty: add images in the Index tab."
+        return "No results" + (" with these filters." if filters else ".")
+    narrowed = ""
+    if filters:
+        narrowed = " (filtered: " + ", ".join(f"{k} {v}" for k, v in filters.items()) + ")"
+    note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
+    if unshown:
+        note += f" {unshown} result(s) shown without a preview (see their captions)."
+    return f"Top {shown} of {count} indexed images{what}{narrowed}.{note}"
 
 
 def run_search(
+    path: str | None,
+    choice: str,
+    box_text: str,
+    k: float,
+    text: str,
+    category: str | None,
+    tags: list[str] | None,
+    source: str | None,
+) -> tuple[Any, str, list[dict[str, Any]], Any]:
+    return _search_view(path, choice, box_text, k, text, category, tags, source, toast=True)
+
+
+def search(
     path: str | None,
     choice: str,
     k: float,
@@ -154,49 +344,114 @@ def run_search(
     top: float,
     right: float,
     bottom: float,
-) -> tuple[list[tuple[Any, str]], str]:
-    """Crop the chosen object, embed it, and show the top K with score and source."""
+) -> tuple[Any, str]:
+    """The public ``/search`` endpoint (scripts, bench/load.py): a manual crop is given in
+    percent of the image by ``left, top, right, bottom``."""
+    box = f"{left / 100},{top / 100},{right / 100},{bottom / 100}"
+    gallery, status, _, _ = _search_view(path, choice, box, k, text, None, None, None, toast=True)
+    return gallery, status
+
+
+def search_after_upload(
+    ok: bool,
+    path: str | None,
+    choice: str,
+    box_text: str,
+    k: float,
+    text: str,
+    category: str | None,
+    tags: list[str] | None,
+    source: str | None,
+) -> tuple[Any, str, list[dict[str, Any]], Any]:
+    """The automatic search after an upload; nothing when the upload was refused (its
+    message is already shown)."""
+    if not ok:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return _search_view(path, choice, box_text, k, text, category, tags, source, toast=False)
+
+
+def search_again(
+    item_id: str,
+    path: str | None,
+    choice: str,
+    box_text: str,
+    k: float,
+    text: str,
+    category: str | None,
+    tags: list[str] | None,
+    source: str | None,
+) -> tuple[Any, str, list[dict[str, Any]], Any]:
+    """Filters or K changed: redo what is on screen (the photo search or "more like this")."""
+    if item_id:
+        return more_like_this(item_id, k, category, tags, source)
+    return _search_view(path, choice, box_text, k, text, category, tags, source, toast=False)
+
+
+def more_like_this(
+    item_id: str,
+    k: float,
+    category: str | None,
+    tags: list[str] | None,
+    source: str | None,
+) -> tuple[Any, str, list[dict[str, Any]], Any]:
+    """Searches with the catalogue item's stored vector: no upload, no embedding."""
     pipeline = get_pipeline()
+    filters = _filters(category, tags, source)
     try:
-        analyzed = _analyze(path)
-        region: Any = choice or WHOLE
-        if analyzed is not None and choice == MANUAL:
-            region = box_from_pixels(left, top, right, bottom, 100, 100)
-        elif isinstance(choice, str) and choice.isdigit():
-            # Dropdown values are 0-based detection numbers; as an int the pipeline takes
-            # them as such (a digit *string* means the CLI's 1-based --object N).
-            region = int(choice)
-        hits = pipeline.search(analyzed, region, k=int(k), text=text or None)
+        item = pipeline.item(item_id)
+        hits = pipeline.search_by_item(item_id, int(k), filters or None)
     except SearchError as exc:
         gr.Warning(str(exc))
-        return [], f"⚠️ {exc}"
-    gallery = []
-    unshown = 0
-    for rank, hit in enumerate(hits, start=1):
-        caption = f"{rank}. {hit.score:.3f} · {hit.item.label} · {hit.uri}"
-        preview = preview_file(hit.uri, hit.item.sha256)
-        if preview is None:  # never drop a result silently: say why it has no picture
-            unshown += 1
-            why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
-            preview, caption = no_preview_file(), f"{caption} · no preview: {why}"
-        gallery.append((preview, caption))
-    if not hits:
-        count = pipeline.index.count()
-        message = (
-            "The index is empty: add images in the Index tab." if count == 0 else "No results."
-        )
-        return [], message
-    note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
-    if unshown:
-        note += f" {unshown} result(s) shown without a preview (see their captions)."
-    what = ""
-    if analyzed is not None:
-        what = (
-            " for **manual crop**" if choice == MANUAL else f" for **{_label(analyzed, choice)}**"
-        )
-    if text:
-        what += f" with text “{html.escape(text[:80])}”"
-    return gallery, f"Top {len(gallery)} of {pipeline.index.count()} indexed images{what}.{note}"
+        return gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip()
+    gallery, rows = _result_rows(hits)
+    name = product_name(item.label, item.uri) if item else item_id[:12]
+    source_text = f" ({html.escape(short_source(item.uri))})" if item else ""
+    what = f" like **{html.escape(name)}**{source_text}"
+    unshown = sum(1 for row in rows if not row["preview"])
+    summary = _summary(len(gallery), what, filters, unshown)
+    return gallery, summary, rows, gr.update(visible=False)
+
+
+def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
+    """A click on a result opens its detail view: full source, size, labels, tags."""
+    index = evt.index if isinstance(evt.index, int) else -1
+    if not isinstance(rows, list) or not 0 <= index < len(rows):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    row = rows[index]
+    pipeline = get_pipeline()
+    item = pipeline.item(str(row.get("id", "")))
+    if item is None:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    preview = preview_file(item.uri, item.sha256) or no_preview_file()
+    score = float(row.get("score", 0.0))
+    lines = [
+        f"### {html.escape(product_name(item.label, item.uri))} · {_percent(score)} match",
+        f"**Source:** `{item.uri}`",
+        f"**Size:** {item.width} × {item.height} px · {item.size_bytes / 1024:.0f} KB",
+        f"**Label:** {html.escape(item.label or '—')} · **Category:** "
+        f"{html.escape(item_category(item) or '—')}",
+        f"**Tags:** {html.escape(', '.join(item_tags(item)) or '—')}",
+    ]
+    similar = [(pipeline.item(str(sha)), float(s)) for sha, s in row.get("similar", [])]
+    similar = [(other, s) for other, s in similar if other is not None]
+    if similar:
+        lines.append(f"**+{len(similar)} near-duplicate(s) folded in:**")
+        lines += [f"- `{other.uri}` · {_percent(s)}" for other, s in similar]
+    return gr.update(visible=True), preview, "\n\n".join(lines), item.sha256
+
+
+def close_detail() -> Any:
+    return gr.update(visible=False)
+
+
+def refresh_filters() -> tuple[Any, Any]:
+    """Filter choices from what the index holds (it grows while the sample is indexed)."""
+    facets = get_pipeline().facets()
+    return gr.update(choices=facets["category"]), gr.update(choices=facets["tags"])
+
+
+def _label(analyzed: AnalyzedImage, value: str) -> str:
+    return {v: label for label, v in _choices(analyzed)}.get(value, value)
 
 
 def _eventually_consistent() -> bool:
@@ -220,17 +475,62 @@ def _progress_html(job: dict[str, Any] | None) -> str:
     )
 
 
+def _duplicates_note(job: dict[str, Any]) -> str:
+    """Names the skipped duplicates and what they duplicate (a count alone sends people
+    looking through folders)."""
+    files = job.get("duplicate_files") or []
+    if not files:
+        return ""
+    pipeline = get_pipeline()
+    lines = []
+    for entry in files[:5]:
+        original = pipeline.item(entry["sha256"])
+        same = f" (same content as `{original.uri}`)" if original else ""
+        lines.append(f"- `{entry['uri']}`{same}")
+    more = f"\n- … and {len(files) - 5} more" if len(files) > 5 else ""
+    return "\n\n**Skipped as duplicate:**\n" + "\n".join(lines) + more
+
+
+#: near-duplicate pairs found after each finished job (job id -> Markdown), computed once
+_NEAR_DUPLICATES: dict[str, str] = {}
+#: the all-pairs check is O(N²): above this many items the Index tab leaves it to the CLI
+UI_NEAR_DUPLICATE_LIMIT = 5_000
+
+
+def _near_duplicates_note(job: dict[str, Any]) -> str:
+    """After a job that added images: the catalogue's near-duplicate pairs (first five)."""
+    if job["state"] != "finished" or not job["indexed"]:
+        return ""
+    if job["id"] not in _NEAR_DUPLICATES:
+        pairs = get_pipeline().near_duplicate_pairs(max_items=UI_NEAR_DUPLICATE_LIMIT)
+        lines = [f"- `{a}` ~ `{b}` ({_percent(score)})" for a, b, score in pairs[:5]]
+        more = f"\n- … and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+        _NEAR_DUPLICATES[job["id"]] = (
+            f"\n\n**Near-duplicates in the catalogue:** {len(pairs)} pair(s)\n"
+            + "\n".join(lines)
+            + more
+            if pairs
+            else ""
+        )
+    return _NEAR_DUPLICATES[job["id"]]
+
+
 def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
     pipeline = get_pipeline()
     latest = pipeline.jobs.latest()
     job = latest.to_dict() if latest else None
     if job:
+        not_an_image = sum(1 for f in job["failures"] if f["reason"].startswith("not an image"))
+        failed = f"**failed** {job['failed']}"
+        if not_an_image:
+            failed += f" ({not_an_image} not an image)"
         counts = (
             f"**Indexed** {job['indexed']} · **unchanged** {job['unchanged']} · "
-            f"**skipped as duplicate** {job['duplicates']} · **not images** {job['not_images']}"
-            f" · **failed** {job['failed']} · **pruned** {job['pruned']} · "
-            f"{job['seconds']:.1f} s"
+            f"**skipped as duplicate** {job['duplicates']} · "
+            f"**other files skipped** {job['not_images']} · {failed} · "
+            f"**pruned** {job['pruned']} · {job['seconds']:.1f} s"
         )
+        counts += _duplicates_note(job) + _near_duplicates_note(job)
         if job["error"]:
             counts += f"\n\n⚠️ {job['error']}"
         elif job["indexed"] and _eventually_consistent():
@@ -249,8 +549,13 @@ def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], di
         pipeline.jobs.start(source.strip(), prune=prune)
     except SearchError as exc:  # outside the roots, bad S3 URI, a job already running
         gr.Warning(str(exc))
-        progress, _, failures, stats, timer = _job_view()
-        return progress, f"⚠️ {exc}", failures, stats, timer
+        # Not the previous job's (green) bar: nothing was started.
+        refused = (
+            _progress_html(None)
+            if pipeline.jobs.latest() is None
+            else "<div id='index-progress-text'>Not started (see below).</div>"
+        )
+        return refused, f"⚠️ {exc}", [], pipeline.stats(), gr.update(active=False)
     return _job_view()
 
 
@@ -270,104 +575,237 @@ def reset_index(confirmed: bool) -> tuple[dict[str, Any], Any, str]:
     return pipeline.stats(), gr.update(value=False), f"Removed {removed} item(s)."
 
 
+#: The page's styles and pointer script live in search_core/ui/ (see pointer.js for why a
+#: script). The styles go in through a gr.HTML block: the server mounts the app with
+#: gr.mount_gradio_app, which replaces any css given to Blocks.
+UI_DIR = Path(__file__).resolve().parent / "search_core" / "ui"
+CSS = "<style>\n" + (UI_DIR / "page.css").read_text(encoding="utf-8") + "</style>"
+POINTER_JS = (UI_DIR / "pointer.js").read_text(encoding="utf-8")
+
+#: Replace the [photo, box] inputs of the hidden buttons' events with what the pointer did.
+BOX_JS = "(path, box) => [path, window.__visualSearchBox || box]"
+POINT_JS = "(path, point) => [path, window.__visualSearchPoint || point]"
+
+
 def build_demo() -> gr.Blocks:
     pipeline = get_pipeline()
     pipeline.bootstrap_sample()  # first start: a catalogue to search right away
     supports_text = pipeline.embedder.supports_text
     examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
     with gr.Blocks(title="Visual search") as demo:
+        gr.HTML(CSS, padding=False, elem_id="page-style")
         gr.Markdown(
-            "# Visual search\nUpload a photo, pick an object, find similar catalogue images."
+            "# Visual search\nUpload a photo, **click an object** (or drag a box around it) "
+            "and find similar catalogue images. Click a result for details and "
+            "*More like this*."
         )
         with gr.Tab("Search", id="search-tab", elem_id="search-tab"):
+            # Hidden fields, not gr.State: any State makes Gradio hold a heartbeat stream
+            # open per client, which a SIGTERM then has to cut (and log) after the grace time.
+            photo_ok = gr.Checkbox(False, visible="hidden", elem_id="photo-ok")
+            rows = gr.JSON([], visible="hidden", elem_id="result-ids")
+            item_id = gr.Textbox("", visible="hidden", elem_id="detail-id")  # open in detail
+            like_item = gr.Textbox("", visible="hidden", elem_id="like-id")  # filters redo it
             with gr.Row():
-                with gr.Column(scale=1):
+                with gr.Column(scale=2):
                     image = QueryImage(
                         type="filepath",
                         label="Photo",
                         sources=["upload", "clipboard", "webcam"],
                         elem_id="query-image",
-                        height=360,
+                        height=200,
+                    )
+                    gr.Markdown(
+                        "**Click an object** on the photo to search it · **drag** to draw "
+                        "your own box",
+                        elem_id="photo-hint",
+                    )
+                    detections = gr.Image(
+                        label="Detected objects",
+                        show_label=False,
+                        interactive=False,
+                        elem_id="detections-image",
+                        height=420,
+                        buttons=["fullscreen"],
+                    )
+                    box_text = gr.Textbox(visible="hidden", elem_id="crop-box")
+                    apply_point = gr.Button(
+                        "Pick the clicked object", visible="hidden", elem_id="apply-point"
+                    )
+                    apply_box = gr.Button(
+                        "Use the dragged box", visible="hidden", elem_id="apply-box"
                     )
                     choice = gr.Dropdown(
-                        label="Object",
-                        choices=[("Whole image", WHOLE)],
+                        label="Object (or click it on the photo)",
+                        choices=_choices(None),
                         value=WHOLE,
                         elem_id="object-choice",
                         interactive=True,
                     )
-                    with gr.Accordion("Manual crop (percent of the image)", open=False):
-                        with gr.Row():
-                            left = gr.Slider(0, 100, 0, step=1, label="Left", elem_id="crop-left")
-                            right = gr.Slider(
-                                0, 100, 100, step=1, label="Right", elem_id="crop-right"
-                            )
-                        with gr.Row():
-                            top = gr.Slider(0, 100, 0, step=1, label="Top", elem_id="crop-top")
-                            bottom = gr.Slider(
-                                0, 100, 100, step=1, label="Bottom", elem_id="crop-bottom"
-                            )
                     text = gr.Textbox(
-                        label="Text (optional)",
+                        label="Text (optional)" if supports_text else "Keyword (optional)",
                         elem_id="query-text",
                         max_lines=2,
-                        interactive=supports_text,
                         placeholder="e.g. 'this, but in red'"
                         if supports_text
-                        else "Text queries need SEARCH_EMBEDDER=clip or titan",
+                        else "e.g. banana, shoe: matches the automatic tags",
                     )
+                    with gr.Accordion("Filters", open=False, elem_id="filters"):
+                        category = gr.Dropdown(
+                            label="Category (top folder)",
+                            choices=[],
+                            value=None,
+                            elem_id="filter-category",
+                            interactive=True,
+                        )
+                        tags = gr.Dropdown(
+                            label="Tags (any of)",
+                            choices=[],
+                            value=[],
+                            multiselect=True,
+                            elem_id="filter-tags",
+                            interactive=True,
+                        )
+                        source = gr.Textbox(
+                            label="Source starts with",
+                            elem_id="filter-source",
+                            placeholder="e.g. s3://bucket/shoes/ or /data/catalogue/Fruit",
+                        )
                     k = gr.Slider(1, 50, 12, step=1, label="Results (K)", elem_id="k-slider")
                     search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                     if examples:
-                        gr.Examples(examples=examples, inputs=[image], label="Examples")
-                with gr.Column(scale=2):
-                    detections = gr.Image(
-                        label="Detected objects",
-                        interactive=False,
-                        elem_id="detections-image",
-                        height=360,
-                    )
+                        gr.Examples(
+                            examples=examples,
+                            inputs=[image],
+                            label="Examples: shelf photos with several products",
+                            examples_per_page=8,
+                        )
+                with gr.Column(scale=3):
                     status = gr.Markdown(elem_id="search-status")
+                    with gr.Group(visible=False, elem_id="detail") as detail:
+                        with gr.Row():
+                            detail_image = gr.Image(
+                                label="Result",
+                                interactive=False,
+                                elem_id="detail-image",
+                                height=300,
+                                scale=1,
+                            )
+                            detail_info = gr.Markdown(elem_id="detail-info")
+                        with gr.Row():
+                            more = gr.Button(
+                                "More like this", variant="primary", elem_id="more-like-this"
+                            )
+                            close = gr.Button("Close", elem_id="detail-close")
                     gallery = gr.Gallery(
                         label="Similar images",
                         columns=4,
-                        height="auto",
+                        height=None,
                         elem_id="results",
                         object_fit="contain",
+                        allow_preview=False,
                     )
-            search_inputs = [image, choice, k, text, left, top, right, bottom]
+            query = [image, choice, box_text, k, text, category, tags, source]
+            shown = [gallery, status, rows, detail]
             image.change(
                 on_image,
                 [image],
-                [detections, choice, status],
-                api_name="analyze",
+                [detections, choice, status, photo_ok, box_text, like_item],
+                api_visibility="private",
                 concurrency_id="search",
-            ).then(
-                run_search,
-                search_inputs,
-                [gallery, status],
+            ).success(
+                search_after_upload,
+                [photo_ok, *query],
+                shown,
                 api_visibility="private",
                 concurrency_id="search",
             )
             search_button.click(
-                run_search,
-                search_inputs,
+                run_search, query, shown, api_visibility="private", concurrency_id="search"
+            ).then(lambda: "", None, like_item, api_visibility="private")
+            apply_point.click(
+                on_photo_click,
+                [image, box_text],
+                [detections, choice, like_item],
+                js=POINT_JS,
+                api_visibility="private",
+                concurrency_id="search",
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            apply_box.click(
+                on_drag,
+                [image, box_text],
+                [detections, choice, like_item, box_text],
+                js=BOX_JS,
+                api_visibility="private",
+                concurrency_id="search",
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            choice.input(
+                on_choice,
+                [image, choice, box_text],
+                [detections, like_item],
+                api_visibility="private",
+            ).success(run_search, query, shown, api_visibility="private", concurrency_id="search")
+            text.submit(
+                run_search, query, shown, api_visibility="private", concurrency_id="search"
+            ).then(lambda: "", None, like_item, api_visibility="private")
+            for control in (category, tags):
+                control.input(
+                    search_again,
+                    [like_item, *query],
+                    shown,
+                    api_visibility="private",
+                    concurrency_id="search",
+                )
+            source.submit(
+                search_again,
+                [like_item, *query],
+                shown,
+                api_visibility="private",
+                concurrency_id="search",
+            )
+            for control in (category, tags):
+                control.focus(refresh_filters, None, [category, tags], api_visibility="private")
+            gallery.select(
+                open_result,
+                [rows],
+                [detail, detail_image, detail_info, item_id],
+                api_visibility="private",
+            )
+            more.click(
+                more_like_this,
+                [item_id, k, category, tags, source],
+                shown,
+                api_name="more_like_this",
+                concurrency_id="search",
+            ).then(lambda i: i, item_id, like_item, api_visibility="private")
+            close.click(close_detail, None, detail, api_visibility="private")
+            # The public endpoints of earlier versions, unchanged for scripts and bench/load.py
+            # (hidden buttons: their inputs differ from the page's controls).
+            with gr.Row(visible="hidden"):
+                crop = [
+                    gr.Number(value=v, visible="hidden", elem_id=f"crop-{name}")
+                    for name, v in (("left", 0), ("top", 0), ("right", 100), ("bottom", 100))
+                ]
+                api_analyze = gr.Button(visible="hidden", elem_id="api-analyze")
+                api_search = gr.Button(visible="hidden", elem_id="api-search")
+            api_analyze.click(
+                analyze,
+                [image],
+                [detections, choice, status],
+                api_name="analyze",
+                concurrency_id="search",
+            )
+            api_search.click(
+                search,
+                [image, choice, k, text, *crop],
                 [gallery, status],
                 api_name="search",
                 concurrency_id="search",
             )
-            for trigger in (choice.input, text.submit):
-                trigger(
-                    run_search,
-                    search_inputs,
-                    [gallery, status],
-                    api_visibility="private",
-                    concurrency_id="search",
-                )
         with gr.Tab("Index", id="index-tab", elem_id="index-tab"):
             default_source = str(pipeline.settings.sample_catalogue or "")
             with gr.Row():
-                source = gr.Textbox(
+                source_path = gr.Textbox(
                     label="Source: folder path or s3://bucket/prefix",
                     value=default_source,
                     elem_id="index-source",
@@ -395,11 +833,13 @@ def build_demo() -> gr.Blocks:
             reset_status = gr.Markdown(elem_id="reset-status")
             timer = gr.Timer(1.0, active=False)
             view = [progress, counts, failures, stats, timer]
-            start.click(start_index, [source, prune], view, api_name="start_index")
+            start.click(start_index, [source_path, prune], view, api_name="start_index")
             stop.click(stop_index, None, view, api_name="stop_index")
             timer.tick(_job_view, None, view, api_name="index_status", show_progress="hidden")
             reset.click(reset_index, [confirm], [stats, confirm, reset_status], api_name="reset")
         demo.load(_job_view, None, view, api_visibility="private")
+        demo.load(refresh_filters, None, [category, tags], api_visibility="private")
+        demo.load(None, None, None, js=POINTER_JS)
     return demo
 
 

@@ -3,6 +3,9 @@
     python bench/quality.py                 # grocery val -> train and val -> a flat folder
     python bench/quality.py --quick         # 60 queries
     python bench/quality.py --data-dir D    # keep the indexes in D (reruns skip embedding)
+    python bench/quality.py --select-crop   # choose SEARCH_VIEW_CROP on train/ alone, then
+                                            # report val -> train for the chosen view
+    python bench/quality.py --select-crop --select-only   # the choice alone
 
 Catalogues (built from ../shared/data/grocery; a query's class is its fine class):
 
@@ -18,6 +21,17 @@ val/ (296), never used for fitting or choosing: the adaptation fits on the catal
 its "no close match" threshold from the catalogue's own scores; the share of val queries and
 of 128 COCO photos (no groceries) reported as "no close match" is printed too. Ends with one
 JSON line.
+
+``--select-crop``: how the view's crop fraction (``SEARCH_VIEW_CROP``) is chosen without val/.
+GroceryStore train/ is split by class into a held-out quarter of each class's photos (queries:
+the last quarter in file order, as the adaptation's own validation holds out, because
+neighbouring files are shots of one session) and the rest (the catalogue, copied into class
+folders). For each candidate fraction the catalogue is indexed through the pipeline (so the
+adaptation fits on the catalogue part alone, as in the product) and the held-out photos are
+searched with the default ``auto``. The winner has the best Recall@1, ties broken by Recall@10,
+then mAP@10 (rule fixed before the run); the val report then uses it. At the chosen view the
+same split also rates SEARCH_RESULTS_PER_LABEL (off by default); the val report shows the
+default with PER_LABEL_OPTION as an extra row.
 """
 
 from __future__ import annotations
@@ -36,18 +50,73 @@ from typing import Any
 import numpy as np
 from _common import GROCERY, SHARED_DATA, emit, image_files, machine, require_dir, table
 
+from search_core.adaptation import held_out_mask
 from search_core.config import Settings
 from search_core.evaluation import KS, average_precision
 from search_core.factory import build_pipeline
+from search_core.models.efficientnet import DEFAULT_CROP_FRACTION
 from search_core.pipeline import WHOLE, AnalyzedImage, SearchPipeline, auto_choice
 
-NEW_CROP, OLD_CROP = 0.7, 0.875
+OLD_CROP = 0.875
+#: the view fractions --select-crop compares
+CROP_CANDIDATES = (0.6, 0.7, 0.8, 0.875)
+#: SEARCH_RESULTS_PER_LABEL values --select-crop compares at the chosen view (0 = no cap)
+PER_LABEL_CANDIDATES = (0, 2, 3, 5)
+#: the cap the val report shows as an option (what the train/ split picked; off by default)
+PER_LABEL_OPTION = 3
 
 
 def class_of(uri: str) -> str:
     """Fine class: the folder, or in the flat catalogue the file name before ``_NNN``."""
     path = Path(uri)
     return path.stem.rsplit("_", 1)[0] if path.parent.name == "flat3" else path.parent.name
+
+
+def split_train(root: Path) -> tuple[Path, list[Path]]:
+    """train/ split by class: the catalogue part (copied into class folders under ``root``)
+    and the held-out quarter of each class (queries), as the adaptation's validation splits."""
+    files = image_files(GROCERY / "train")
+    held = held_out_mask([p.parent.name for p in files], [str(p) for p in files])
+    catalogue = root / "catalogues" / "train-split"
+    if not catalogue.is_dir():
+        for path, out in zip(files, held, strict=True):
+            if not out:
+                target = catalogue / path.relative_to(GROCERY / "train")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    return catalogue, [path for path, out in zip(files, held, strict=True) if out]
+
+
+def select_crop(root: Path, candidates: tuple[float, ...]) -> tuple[float, list[dict[str, Any]]]:
+    """The --select-crop protocol (module docstring): train/ alone decides the view, then, at
+    that view, the SEARCH_RESULTS_PER_LABEL option's value by the same rule."""
+    catalogue, held_out = split_train(root)
+    analyser = pipeline_for(root, "queries", DEFAULT_CROP_FRACTION, "off")
+    queries = [(analyser.analyze(path.read_bytes()), path.parent.name) for path in held_out]
+    rows = []
+    for crop in candidates:
+        pipeline = pipeline_for(root, "train-split", crop, "auto")
+        pipeline.index_source(str(catalogue))
+        result = evaluate(pipeline, queries, catalogue_auto, plain=False)
+        learned = pipeline.adapter.describe()
+        rows.append({"crop": crop, "catalogue": pipeline.index.count(), "queries": len(queries),
+                     "adaptation": learned["status"], **result,
+                     "load": round(os.getloadavg()[0], 2)})
+        print(f"select-crop {crop:.3f} {rows[-1]}", flush=True)
+    def rule(row: dict[str, Any]) -> tuple[float, float, float]:
+        return row["R@1"], row["R@10"], row["mAP@10"]
+
+    best = float(max(rows, key=rule)["crop"])
+    capped = []
+    for per_label in PER_LABEL_CANDIDATES:
+        pipeline = pipeline_for(root, "train-split", best, "auto", per_label)
+        result = evaluate(pipeline, queries, catalogue_auto, plain=False)
+        capped.append({"crop": best, "per_label": per_label, **result,
+                       "load": round(os.getloadavg()[0], 2)})
+        print(f"select-crop per label {per_label} {capped[-1]}", flush=True)
+    print(f"on train/ alone, SEARCH_RESULTS_PER_LABEL={max(capped, key=rule)['per_label']} "
+          "would be chosen if turned on", flush=True)
+    return best, rows + capped
 
 
 def build_catalogues(root: Path) -> dict[str, Path]:
@@ -66,11 +135,13 @@ def build_catalogues(root: Path) -> dict[str, Path]:
     return {"train": GROCERY / "train", "flat3": flat, "folders3": folders}
 
 
-def pipeline_for(root: Path, catalogue: str, crop: float, adapt: str) -> SearchPipeline:
+def pipeline_for(root: Path, catalogue: str, crop: float, adapt: str, per_label: int = 0
+                 ) -> SearchPipeline:
     base = Settings.from_env()
     settings = dataclasses.replace(
         base, data_dir=root / f"{catalogue}-c{round(crop * 100)}", view_crop=crop, adapt=adapt,
         sample_catalogue=None, folder_roots=(*base.folder_roots, root),
+        results_per_label=per_label,
     )
     return build_pipeline(settings)
 
@@ -119,16 +190,18 @@ def catalogue_auto(pipeline: SearchPipeline, analyzed: AnalyzedImage) -> str | i
     return WHOLE if number is None else number
 
 
-#: name -> (view crop, adaptation on, chooser)
-CONFIGS: dict[str, tuple[float, bool, Chooser]] = {
-    "before: whole": (OLD_CROP, False, whole),
-    "before: auto": (OLD_CROP, False, detector_auto),
-    "new: whole": (NEW_CROP, True, whole),
-    "new: auto (default)": (NEW_CROP, True, catalogue_auto),
-    "default - adaptation": (NEW_CROP, False, catalogue_auto),
-    "default - 70 % view": (OLD_CROP, True, catalogue_auto),
-    "default - catalogue auto": (NEW_CROP, True, detector_auto),
-}
+def configs(new_crop: float) -> dict[str, tuple[float, bool, Chooser]]:
+    """name -> (view crop, adaptation on, chooser)."""
+    return {
+        "before: whole": (OLD_CROP, False, whole),
+        "before: auto": (OLD_CROP, False, detector_auto),
+        "new: whole": (new_crop, True, whole),
+        "new: auto (default)": (new_crop, True, catalogue_auto),
+        "default - adaptation": (new_crop, False, catalogue_auto),
+        f"default - {round(new_crop * 100)} % view": (OLD_CROP, True, catalogue_auto),
+        "default - catalogue auto": (new_crop, True, detector_auto),
+        f"default + {PER_LABEL_OPTION} per label": (new_crop, True, catalogue_auto),
+    }
 
 
 def main() -> None:
@@ -137,17 +210,35 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the catalogue indexes here (reruns skip re-embedding)")
     parser.add_argument("--catalogues", default="train,flat3,folders3")
+    parser.add_argument("--crop", type=float, default=DEFAULT_CROP_FRACTION,
+                        help="the new default's view (default: SEARCH_VIEW_CROP's default)")
+    parser.add_argument("--select-crop", action="store_true",
+                        help="choose the view on train/ alone first (see the docstring)")
+    parser.add_argument("--select-only", action="store_true",
+                        help="with --select-crop: stop after the choice")
     args = parser.parse_args()
     require_dir(GROCERY)
     os.environ.setdefault("SEARCH_SAMPLE_CATALOGUE", "off")
     started = machine()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         root = (args.data_dir or Path(tmp)).resolve()
+        new_crop, selection = args.crop, []
+        if args.select_crop:
+            new_crop, selection = select_crop(root, CROP_CANDIDATES)
+            print(table([[r["crop"], r.get("per_label", 0), r["R@1"], r["R@5"], r["R@10"],
+                          r["mAP@10"], r["load"]] for r in selection],
+                        ["view crop", "per label", "R@1", "R@5", "R@10", "mAP@10", "load"]))
+            print(f"selected on train/ alone: SEARCH_VIEW_CROP={new_crop}", flush=True)
+            if args.select_only:
+                emit({"bench": "quality-select-crop", "selected_crop": new_crop,
+                      "selection": selection, "machine": started,
+                      "load_1min_at_end": round(os.getloadavg()[0], 2)})
+                return
         catalogues = build_catalogues(root)
         query_files = image_files(GROCERY / "val")
         if args.quick:
             query_files = query_files[:: max(1, len(query_files) // 60)][:60]
-        analyser = pipeline_for(root, "queries", NEW_CROP, "off")
+        analyser = pipeline_for(root, "queries", new_crop, "off")
         queries = [(analyser.analyze(path.read_bytes()), path.parent.name) for path in query_files]
         # photos of no grocery at all: a good catalogue search says "no close match" for them
         outsiders = [analyser.analyze(path.read_bytes())
@@ -155,7 +246,7 @@ def main() -> None:
         rows, learned, costs, rates = [], {}, {}, {}
         for name in args.catalogues.split(","):
             pipelines: dict[tuple[float, bool], SearchPipeline] = {}
-            for crop in (OLD_CROP, NEW_CROP):
+            for crop in sorted({OLD_CROP, new_crop}):
                 indexer = pipeline_for(root, name, crop, "auto")
                 began = time.perf_counter()
                 report = indexer.index_source(str(catalogues[name]))
@@ -166,16 +257,18 @@ def main() -> None:
                 learned[f"{name}_c{round(crop * 100)}"] = indexer.adapter.describe()
                 pipelines[(crop, True)] = indexer
                 pipelines[(crop, False)] = pipeline_for(root, name, crop, "off")
-            default = pipelines[(NEW_CROP, True)]
+            capped = pipeline_for(root, name, new_crop, "auto", PER_LABEL_OPTION)
+            default = pipelines[(new_crop, True)]
             rates[name] = {
                 "val_no_close_match": no_close_share(default, [a for a, _ in queries]),
                 "coco_no_close_match": no_close_share(default, outsiders),
             }
             print(f"{name:9s} no close match: {rates[name]}", flush=True)
-            for config, (crop, adapt, choose) in CONFIGS.items():
-                result = evaluate(pipelines[(crop, adapt)], queries, choose, plain=not adapt)
+            for config, (crop, adapt, choose) in configs(new_crop).items():
+                pipeline = capped if "per label" in config else pipelines[(crop, adapt)]
+                result = evaluate(pipeline, queries, choose, plain=not adapt)
                 rows.append({"catalogue": name, "config": config,
-                             "size": pipelines[(crop, adapt)].index.count(), **result})
+                             "size": pipeline.index.count(), **result})
                 print(f"{name:9s} {config:26s} {result}", flush=True)
     print(table([[r["catalogue"], r["config"], r["size"], r["R@1"], r["R@5"], r["R@10"],
                   r["mAP@10"], r["ms_per_query"]] for r in rows],
@@ -186,7 +279,8 @@ def main() -> None:
                  for key, v in learned.items()],
                 ["catalogue", "adaptation", "labels", "dims", "held-out R@1 plain",
                  "adapted", "no-match thr.", "fit s", "why"]))
-    payload: dict[str, Any] = {"bench": "quality", "queries": len(queries)}
+    payload: dict[str, Any] = {"bench": "quality", "queries": len(queries),
+                               "view_crop": new_crop, "crop_selection": selection}
     for r in rows:
         tag = f"{r['catalogue']}_{r['config']}".replace(" ", "_").replace(":", "")
         for metric in ("R@1", "R@5", "R@10", "mAP@10", "ms_per_query"):

@@ -133,6 +133,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = report.to_dict()
     if not args.verbose:
         summary.pop("failures")
+    if report.indexed and not report.error:
+        # Near-duplicates (re-encoded or resized copies) crowd result lists: name them.
+        pairs = pipeline.near_duplicate_pairs()
+        for first, second, score in pairs[:20]:
+            print(f"near-duplicate: {first} ~ {second} ({score:.3f})", file=sys.stderr)
+        summary["near_duplicates"] = len(pairs)
+        summary["near_duplicate_pairs"] = [
+            {"a": first, "b": second, "cosine": round(score, 4)}
+            for first, second, score in pairs[:20]
+        ]
     if estimate:
         summary["cost_estimate"] = estimate
     print(
@@ -203,9 +213,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_upload_size(path.stat().st_size, settings.max_upload_bytes)
     pipeline = _pipeline(settings)
     pipeline.check_text(args.text)  # fail before the analysis prints anything
+    from search_core.filters import parse_filters
+
+    filters = parse_filters(args.filter or [])
     analyzed = pipeline.analyze(path.read_bytes())
     choice, searched = _searched_object(analyzed, args.object)
-    hits = pipeline.search(analyzed, choice, k=args.k, text=args.text)
+    hits = pipeline.search(analyzed, choice, k=args.k, text=args.text, filters=filters or None)
     # Printed only now: an error above stays the one line the contract promises.
     for number, detection in enumerate(analyzed.detections, start=1):
         print(f"object {number}: {detection.label} {detection.confidence:.0f} %", file=sys.stderr)
@@ -232,7 +245,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             ],
             "searched": searched,
             "results": [
-                {"uri": h.uri, "score": round(h.score, 6), "label": h.item.label} for h in hits
+                {
+                    "uri": h.uri,
+                    "score": round(h.score, 6),
+                    "label": h.item.label,
+                    "tags": h.item.extra.get("tags", []),
+                    "similar": [s.uri for s in h.similar],
+                }
+                for h in hits
             ],
         }
     )
@@ -318,7 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--object", default="auto", help="auto | whole | N (1-based object number)")
     p.add_argument("--k", type=_k_value, default=10, help=f"results, 1-{MAX_K}")
-    p.add_argument("--text", default=None, help="text to combine (embedders with text support)")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="text to combine (CLIP/Titan); a tag keyword with EfficientNet (e.g. banana)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="category=, label=, tag= (repeat: any of) or source= (URI prefix); repeatable",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("stats", help="index statistics")

@@ -211,6 +211,12 @@ def _non_negative_float(raw: str) -> float:
     return max(0.0, _float(raw))
 
 
+def _tags(raw: str) -> str:
+    """``all`` | ``keywords`` | ``off``; true/false and 1/0 accepted for all/off."""
+    lowered = raw.lower()
+    return {"true": "all", "1": "all", "false": "off", "0": "off"}.get(lowered, lowered)
+
+
 def _default_folder_roots(earlier: Mapping[str, Any]) -> str:
     return f"{REPO_ROOT},{REPO_ROOT.parent / 'shared' / 'data'},{earlier['data_dir']}"
 
@@ -242,9 +248,12 @@ class Settings:
     folder_roots: tuple[Path, ...] = setting("SEARCH_FOLDER_ROOTS", _default_folder_roots, "Comma-separated roots that folder sources must lie under (no path traversal).", parse=_paths, shown="(repo, ../shared/data, SEARCH_DATA_DIR)", value=())
     hnsw_threshold: int = setting("SEARCH_HNSW_THRESHOLD", "20000", "Local index switches from exact NumPy search to FAISS HNSW above this many vectors.", parse=_int)
     sample_catalogue: Path | None = setting("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"), "Indexed in the background at app start when the index is empty (`off` disables).", parse=_optional_path, shown="./samples/catalogue")
+    tags: str = setting("SEARCH_TAGS", "all", "Automatic tags stored at index time: `all` (detector labels + EfficientNet's ImageNet labels; the detector costs ingest speed), `keywords` (ImageNet labels only, free), `off`.", parse=_tags, choices=("all", "keywords", "off"))
+    near_duplicate: float = setting("SEARCH_NEAR_DUPLICATE", "0.89", 'Cosine from which a result folds into a higher one ("+N similar"); calibrated by bench/near_duplicates.py for EfficientNet-Lite0; 0 disables.', parse=_float)
     clip_model: str = setting("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32", "Hugging Face model id for `SEARCH_EMBEDDER=clip`.")
     adapt: str = setting("SEARCH_ADAPT", "auto", "`auto`: learn a projection from the catalogue's folders/labels after each ingest and use it when it wins on held-out catalogue images; `off`: plain embedding.", parse=_lower, choices=("auto", "off"))
-    view_crop: float = setting("SEARCH_VIEW_CROP", "0.7", "Centre share of the image the EfficientNet embedder sees (queries and catalogue; changing it needs a re-index).", parse=_float)
+    view_crop: float = setting("SEARCH_VIEW_CROP", "0.8", "Centre share of the image the EfficientNet embedder sees (queries and catalogue; changing it needs a re-index).", parse=_float)
+    results_per_label: int = setting("SEARCH_RESULTS_PER_LABEL", "0", "At most this many results of one catalogue label (folder = product), so the first page shows more products; `0` = no cap.", parse=_int)
     # -- AWS --------------------------------------------------------------------------------
     aws_region: str = setting("AWS_REGION", "us-east-1", "Region for Rekognition, Bedrock, S3 and OpenSearch Serverless.", aliases=("AWS_DEFAULT_REGION",))
     rekognition_max_labels: int = setting("REKOGNITION_MAX_LABELS", "50", "DetectLabels MaxLabels.", parse=_int)
@@ -315,6 +324,10 @@ class Settings:
             variable.check(getattr(self, name))
         if not 0.3 <= self.view_crop <= 1.0:
             raise ConfigError(f"SEARCH_VIEW_CROP must be between 0.3 and 1.0, got {self.view_crop}")
+        if self.results_per_label < 0:
+            raise ConfigError(
+                f"SEARCH_RESULTS_PER_LABEL must be 0 (no cap) or more, got {self.results_per_label}"
+            )
         if self.titan_embedding_length not in (256, 384, 1024):
             raise ConfigError("TITAN_EMBEDDING_LENGTH must be 256, 384 or 1024")
         if self.index == "opensearch" and not self.opensearch_endpoint:

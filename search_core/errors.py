@@ -27,3 +27,7 @@ class NotSupportedError(SearchError):
 
 class SourceError(SearchError):
     """An image source cannot be listed or is not allowed (path outside roots, bad S3 URI)."""
+
+
+class ItemNotFoundError(SearchError):
+    """No catalogue item has the given id (REST answers 404)."""

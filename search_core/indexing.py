@@ -38,6 +38,7 @@ from search_core.interfaces import (
     VectorIndex,
 )
 from search_core.sources import uri_to_path
+from search_core.tags import Tagger
 from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class IndexReport:
     #: indexed + by_other_run + unchanged + duplicates + not_images + failed == total
     by_other_run: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: (uri, sha256) of files skipped because that content is already indexed
+    duplicate_files: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
     error: str = ""
     seconds: float = 0.0
@@ -106,6 +109,9 @@ class IndexReport:
             "by_other_run": self.by_other_run,
             "failed": self.failed,
             "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failures],
+            "duplicate_files": [
+                {"uri": uri, "sha256": sha} for uri, sha in self.duplicate_files[:100]
+            ],
             "stopped": self.stopped,
             "error": self.error,
             "seconds": round(self.seconds, 3),
@@ -247,8 +253,10 @@ class Reader:
         max_pixels: int,
         max_side: int,
         preprocess: Callable[[list[Image.Image]], np.ndarray] | None,
+        tagger: Tagger | None = None,
     ) -> None:
         self.embedder = embedder
+        self.tagger = tagger
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.max_side = max_side
@@ -279,6 +287,8 @@ class Reader:
                 dimension=self.embedder.dimension,
                 extra={"version": entry.version, "source": source.uri},
             )
+            if self.tagger is not None:  # category and detector tags (search_core.tags)
+                meta.extra.update(self.tagger.describe(entry.uri, meta.extra["source"], image))
             tensor = self.preprocess([image])[0] if self.preprocess else None
             return Prepared(
                 entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
@@ -314,15 +324,15 @@ class Reader:
 class BatchEmbedder:
     """The embed stage: one vector or one error message per prepared item."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, tagger: Tagger | None = None) -> None:
         self.embedder = embedder
+        self.tagger = tagger
         # Local ONNX embedders split preprocessing (parallel, in workers) from the forward pass.
         self.preprocess: Callable[[list[Image.Image]], np.ndarray] | None = None
-        self._forward: Callable[[np.ndarray], np.ndarray] | None = None
+        self._forward: Callable[[np.ndarray], Any] | None = None
         if isinstance(embedder, PreprocessingEmbedder):
-            forward = embedder.forward
             self.preprocess = embedder.preprocess
-            self._forward = lambda batch: _first(forward(batch))
+            self._forward = embedder.forward
 
     def __call__(self, batch: list[Prepared]) -> list[np.ndarray | str]:
         if not batch:
@@ -330,7 +340,11 @@ class BatchEmbedder:
         try:
             tensors = [item.tensor for item in batch if item.tensor is not None]
             if self._forward is not None and len(tensors) == len(batch):
-                return list(self._forward(np.stack(tensors)))
+                output = self._forward(np.stack(tensors))
+                if self.tagger is not None and isinstance(output, tuple) and len(output) > 1:
+                    keywords = self.tagger.keyword_tags(output[1])  # ImageNet labels, same pass
+                    Tagger.merge([item.meta for item in batch], keywords)
+                return list(_first(output))
             images = [item.image for item in batch if item.image is not None]
             if len(images) != len(batch):
                 return ["internal error: no image prepared"] * len(batch)
@@ -402,6 +416,8 @@ class Committer:
         for prepared, counter in links:
             if prepared.entry.uri not in missing:
                 setattr(report, counter, getattr(report, counter) + 1)
+                if counter == "duplicates" and prepared.meta:  # named in the Index tab
+                    report.duplicate_files.append((prepared.entry.uri, prepared.meta.sha256))
                 self._count_replaced(prepared, plan, report)
         if missing:  # removed by another writer between our check and the link: embed
             again = [self.reread(p.entry) for p, _ in links if p.entry.uri in missing]
@@ -477,19 +493,21 @@ class Indexer:
         max_pixels: int = 50_000_000,
         max_side: int = 2048,
         worker_niceness: int = DEFAULT_WORKER_NICENESS,
+        tagger: Tagger | None = None,
     ) -> None:
         self.embedder = embedder
         self.worker_niceness = worker_niceness
         self.index = index
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers or default_workers())
-        self.embed = BatchEmbedder(embedder)
+        self.embed = BatchEmbedder(embedder, tagger)
         self.reader = Reader(
             embedder,
             max_bytes=max_bytes,
             max_pixels=max_pixels,
             max_side=max_side,
             preprocess=self.embed.preprocess,
+            tagger=tagger,
         )
 
     def run(

@@ -192,3 +192,28 @@ class ListsVectors(Protocol):
     catalogue adaptation learns its projection from them (see :mod:`search_core.adaptation`)."""
 
     def vectors(self) -> tuple[np.ndarray, list[ItemMeta]]: ...
+
+
+@runtime_checkable
+class LooksUpVectors(Protocol):
+    """An index that returns one stored vector by content id: "more like this", keyword search
+    over stored vectors and near-duplicate folding need it (the local index has it)."""
+
+    def vector_of(self, sha256: str) -> np.ndarray | None: ...
+
+
+@runtime_checkable
+class LooksUpItems(Protocol):
+    """An index that returns one item by content id without listing them all."""
+
+    def item_of(self, sha256: str) -> ItemMeta | None: ...
+
+
+@runtime_checkable
+class KeywordEmbedder(Protocol):
+    """An embedder whose forward pass also yields classifier logits, named by ``keywords``
+    (EfficientNet's ImageNet head): free tags at index time."""
+
+    def keywords(
+        self, logits: np.ndarray, top_k: int = 5, min_probability: float = 0.05
+    ) -> list[list[tuple[str, float]]]: ...

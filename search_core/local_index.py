@@ -34,6 +34,7 @@ import numpy as np
 
 from search_core.ann_graph import RERANK_FACTOR, RERANK_MIN, AnnGraph, exact_top_k
 from search_core.errors import BackendError, ConfigError
+from search_core.filters import matches as _matches
 from search_core.types import ItemMeta, SearchHit
 from search_core.vector_check import check_query, check_vectors
 
@@ -639,14 +640,19 @@ class LocalIndex:
                 "SELECT 1 FROM names WHERE uri = ? LIMIT 1", (uri,)
             ).fetchone() is not None
 
+    def vector_of(self, sha256: str) -> np.ndarray | None:
+        """The stored vector of one content, or None: "more like this" and the near-duplicate
+        check reuse what indexing computed instead of re-embedding."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT vector FROM contents WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).copy()
 
-def _matches(item: ItemMeta, filters: dict[str, Any]) -> bool:
-    data = item.to_dict()
-    for key, wanted in filters.items():
-        value = data.get(key, item.extra.get(key))
-        if isinstance(wanted, (list, tuple, set)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True
+    def item_of(self, sha256: str) -> ItemMeta | None:
+        """The first name's metadata of one content (its id), without loading the table."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT meta FROM names WHERE sha256 = ? ORDER BY row LIMIT 1", (sha256,)
+            ).fetchone()
+        return None if row is None else ItemMeta.from_dict(json.loads(row[0]))

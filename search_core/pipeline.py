@@ -20,13 +20,18 @@ from PIL import Image
 from search_core.adaptation import CatalogueAdapter, CatalogueLabel
 from search_core.config import Settings
 from search_core.crop import crop
-from search_core.errors import ImageError, SearchError
+from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
+from search_core.errors import ImageError, ItemNotFoundError, SearchError
+from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import (
     Detector,
     Embedder,
+    ListsVectors,
     Loadable,
+    LooksUpItems,
+    LooksUpVectors,
     PrefersBatchSize,
     VectorIndex,
 )
@@ -38,7 +43,8 @@ from search_core.sources import (  # noqa: F401  (PREVIEW_*: re-exported for the
     preview_policy,
     read_uri,
 )
-from search_core.types import Box, Detection, SearchHit
+from search_core.tags import Tagger, facets, matching_tags
+from search_core.types import Box, Detection, ItemMeta, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,9 @@ AUTO_MAX_OBJECTS = 3
 #: (chosen on GroceryStore train/ queries against the iconic catalogue: 0, 0.02, 0.05, 0.1 gave
 #: Recall@1 0.295, 0.298, 0.309, 0.305, the whole image alone 0.302)
 AUTO_OBJECT_MARGIN = 0.05
+#: with SEARCH_RESULTS_PER_LABEL, candidates are fetched this many times over, so that capped
+#: labels leave enough others to fill the page
+PER_LABEL_FETCH = 8
 #: at most this many detections get a catalogue label (one embedding each)
 LABEL_MAX_OBJECTS = 10
 MAX_TEXT_QUERY = 1000
@@ -112,6 +121,31 @@ def auto_choice(detections: tuple[Detection, ...]) -> int | None:
     guess, used when no catalogue is there to ask (see SearchPipeline.auto_object)."""
     candidates = auto_candidates(detections)
     return candidates[0] if candidates else None
+
+
+def cap_per_label(hits: list[SearchHit], per_label: int) -> list[SearchHit]:
+    """Best first, at most ``per_label`` hits of one label; unlabelled items are never capped,
+    and hits of fewer than two labels (a flat folder is one label) are returned as they are.
+    A page can therefore be shorter than asked when the catalogue has few labels.
+
+    Why: in a catalogue of products (a folder each) ten photos of one product fill the first
+    page, and when that product is the wrong one the right one is pushed off it. Capping keeps
+    Recall@1 and raises Recall@10 (GroceryStore val -> train, SEARCH_RESULTS_PER_LABEL=3: see
+    the README's relevance section), at the price of showing fewer photos of the best product
+    (mAP@10 falls), which is why it is a setting and off by default."""
+    ordered = sorted(hits, key=lambda h: -h.score)
+    if len({hit.item.label for hit in ordered if hit.item.label}) < 2:
+        return ordered
+    counts: dict[str, int] = {}
+    kept = []
+    for hit in ordered:
+        label = hit.item.label
+        if label:
+            if counts.get(label, 0) >= per_label:
+                continue
+            counts[label] = counts.get(label, 0) + 1
+        kept.append(hit)
+    return kept
 
 
 def parse_object(choice: str | int | None) -> str | int:
@@ -220,6 +254,7 @@ class SearchPipeline:
         # view vectors per (image hash, region): auto, labels and the search share embeddings
         self._views: OrderedDict[tuple[str, Box | None], np.ndarray] = OrderedDict()
         self._auto: OrderedDict[str, int | None] = OrderedDict()
+        self._facets: tuple[int, dict[str, list[str]]] | None = None  # (count, facets)
 
     # -- analysis ------------------------------------------------------------------------------
 
@@ -307,9 +342,103 @@ class SearchPipeline:
                 continue
             seen |= keys
             unique.append(hit)
-            if len(unique) == k:
-                break
-        return unique
+        return self.collapse(unique)[:k]
+
+    def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """Near-duplicates folded into the higher result (needs the index's stored vectors:
+        the local index has them; elsewhere results stay as they are)."""
+        return collapse_near_duplicates(
+            hits,
+            self.index.vector_of if isinstance(self.index, LooksUpVectors) else None,
+            self.settings.near_duplicate,
+        )
+
+    def item(self, sha256: str) -> ItemMeta | None:
+        """One catalogue item by its id (content hash)."""
+        if isinstance(self.index, LooksUpItems):
+            return self.index.item_of(sha256)
+        return next((i for i in self.index.items() if i.sha256 == sha256), None)
+
+    def search_by_item(
+        self, sha256: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """More like this: the stored vector of a catalogue item is the query (no image is
+        read or embedded again). The item itself is left out; its near-duplicates stay, as
+        one result."""
+        if not isinstance(self.index, LooksUpVectors):
+            raise SearchError(f"the {self.index.name} index cannot return stored vectors")
+        vector = self.index.vector_of(sha256)
+        if vector is None:
+            raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
+        hits: list[SearchHit] = []
+        for hit in self.search_vector(vector, k + 1, filters):
+            if hit.item.sha256 != sha256:
+                hits.append(hit)
+            elif hit.similar:  # the item's own copies stay visible, as one result
+                hits.append(dataclasses.replace(hit.similar[0], similar=hit.similar[1:]))
+        return hits[:k]
+
+    def near_duplicate_pairs(self, max_items: int = 20_000) -> list[tuple[str, str, float]]:
+        """(uri, uri, cosine) of distinct contents at or above the near-duplicate threshold,
+        most similar first (byte-identical copies are one content, not a pair); [] when the
+        index keeps no vectors or holds more than ``max_items`` (all pairs is O(N²))."""
+        threshold = self.settings.near_duplicate
+        if not isinstance(self.index, ListsVectors):
+            return []
+        if threshold <= 0 or self.index.count() > max_items:
+            return []
+        matrix, names = self.index.vectors()
+        first: dict[str, int] = {}
+        for row, item in enumerate(names):
+            first.setdefault(item.sha256, row)
+        rows = sorted(first.values())
+        if len(rows) < 2:
+            return []
+        pairs = near_duplicate_pairs(matrix[rows], threshold)
+        pairs.sort(key=lambda p: -p[2])
+        return [(names[rows[i]].uri, names[rows[j]].uri, score) for i, j, score in pairs]
+
+    def facets(self) -> dict[str, list[str]]:
+        """Categories and tags of the catalogue (filter choices), cached per item count."""
+        count = self.index.count()
+        cached = self._facets
+        if cached is None or cached[0] != count:
+            cached = (count, facets(self.index.items()))
+            self._facets = cached
+        return cached[1]
+
+    def keyword_filters(self, keyword: str) -> dict[str, Any]:
+        """Text on an image-only embedder is a keyword over the automatic tags: "shoe" →
+        items tagged Footwear or running shoe. SearchError when no tag matches."""
+        known = self.facets()["tags"]
+        tags = matching_tags(keyword, known)
+        if not tags:
+            hint = ", ".join(known[:12]) if known else "none yet (re-index with SEARCH_TAGS=true)"
+            raise SearchError(
+                f"no catalogue item is tagged “{keyword}”; tags in this catalogue: {hint}. "
+                f"{self.embedder.model_id} cannot read free text: for that, set "
+                "SEARCH_EMBEDDER=clip or titan"
+            )
+        return {"tags": tags}
+
+    def search_keyword(
+        self, keyword: str, k: int = 10, filters: dict[str, Any] | None = None
+    ) -> list[SearchHit]:
+        """Items tagged with ``keyword``, the most typical first (closest to the mean vector
+        of all of them)."""
+        wanted = {**(filters or {}), **self.keyword_filters(keyword)}
+        if not isinstance(self.index, LooksUpVectors):
+            raise SearchError(f"keyword search needs stored vectors ({self.index.name} index)")
+        vector_of = self.index.vector_of
+        vectors = [
+            v
+            for v in (vector_of(i.sha256) for i in self.index.items() if matches(i, wanted))
+            if v is not None
+        ]
+        if not vectors:
+            return []
+        centroid = np.mean(vectors, axis=0)
+        return self.search_vector(centroid / max(float(np.linalg.norm(centroid)), 1e-12), k, wanted)
 
     def search(
         self,
@@ -321,18 +450,33 @@ class SearchPipeline:
         filters: dict[str, Any] | None = None,
     ) -> list[SearchHit]:
         text = self.check_text(text)
+        if text is not None and not self.embedder.supports_text:
+            if analyzed is None:
+                return self.search_keyword(text, k, filters)
+            filters = {**(filters or {}), **self.keyword_filters(text)}
+            text = None  # the keyword narrows the image search to its tags
         vector = self.query_vector(analyzed, choice, text)
         return self.search_vector(vector, k, filters, plain=text is not None)
 
     # -- indexing ------------------------------------------------------------------------------
+
+    def _tagger(self) -> Tagger | None:
+        """SEARCH_TAGS: ``all`` runs the detector on every catalogue image (its labels are the
+        tags a shopper types, "Footwear"), ``keywords`` only keeps the ImageNet labels that
+        come free with EfficientNet's vector, ``off`` stores none."""
+        mode = self.settings.tags
+        if mode == "off":
+            return None
+        return Tagger(self.detector if mode == "all" else None, self.embedder)
 
     def indexer(self) -> Indexer:
         # Remote embedders ask for bigger batches than a local model needs (see TitanEmbedder).
         embedder = self.embedder
         preferred = embedder.preferred_batch_size if isinstance(embedder, PrefersBatchSize) else 0
         return Indexer(
-            self.embedder,
-            self.index,
+            tagger=self._tagger(),
+            embedder=self.embedder,
+            index=self.index,
             batch_size=max(self.settings.batch_size, preferred),
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,
@@ -471,7 +615,16 @@ class SearchPipeline:
     ) -> list[SearchHit]:
         """The index's top ``k``, in the catalogue-adapted space when the adaptation is active
         (for every backend: the adapter searches its projected copy of the catalogue), else
-        the index's own plain search."""
+        the index's own plain search; at most SEARCH_RESULTS_PER_LABEL of one label."""
+        per_label = self.settings.results_per_label
+        if per_label <= 0:
+            return self._nearest(vector, k, filters, plain)
+        return cap_per_label(self._nearest(vector, k * PER_LABEL_FETCH, filters, plain),
+                             per_label)[:k]
+
+    def _nearest(
+        self, vector: np.ndarray, k: int, filters: dict[str, Any] | None, plain: bool
+    ) -> list[SearchHit]:
         if not plain:
             hits = self.adapter.search(vector, k, filters)
             if hits is not None:

@@ -227,6 +227,9 @@ def create_app(
             body["warmup_error"] = warm.error
         return JSONResponse(body, status_code=200 if body.get("ready") else 503)
 
+    from search_core.api import create_api  # REST API: /api/search, /api/docs, ...
+
+    app.mount("/api", create_api(auth=auth, settings=settings))
     demo = build_demo()
     demo.queue(default_concurrency_limit=default_concurrency(), max_size=QUEUE_MAX_SIZE)
     if demo.delete_cache is None:  # Gradio ages its own cache files out; the sweeper caps size

@@ -96,6 +96,8 @@ class SearchHit:
     uri: str
     score: float
     item: ItemMeta
+    #: near-duplicates folded into this hit (search_core.duplicates), best first
+    similar: tuple[SearchHit, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -482,13 +482,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _matches(self, doc: dict[str, Any], query: dict[str, Any] | None) -> bool:
         if not query or "match_all" in query:
             return True
-        if "term" in query:
-            (fname, value), = query["term"].items()
+        if "term" in query or "terms" in query:  # keyword arrays match on any element
+            (fname, value), = (query.get("term") or query["terms"]).items()
             value = value["value"] if isinstance(value, dict) else value
-            return doc.get(fname) == value
-        if "terms" in query:
-            (fname, values), = query["terms"].items()
-            return doc.get(fname) in values
+            wanted = value if "terms" in query else [value]
+            present = doc.get(fname)
+            present = present if isinstance(present, list) else [present]
+            return any(v in wanted for v in present)
+        if "prefix" in query:
+            (fname, value), = query["prefix"].items()
+            value = value["value"] if isinstance(value, dict) else value
+            return str(doc.get(fname, "")).startswith(value)
         if "bool" in query:
             clauses = query["bool"]
             for key in ("filter", "must"):

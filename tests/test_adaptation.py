@@ -145,10 +145,15 @@ def test_flat_catalogue_and_one_photo_per_label_keep_the_plain_embedding(tmp_pat
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana").glob("*.jpg"))[0]
     assert flat.search(flat.analyze(photo.read_bytes()), "whole", k=3)
     assert flat.whole_match(flat.analyze(photo.read_bytes())).label == ""
+    # SEARCH_RESULTS_PER_LABEL never shortens a flat catalogue's page (it is one label, "all")
+    capped = build_pipeline(dataclasses.replace(flat.settings, results_per_label=2))
+    uris = [h.uri for h in flat.search(flat.analyze(photo.read_bytes()), "whole", k=8)]
+    assert [h.uri for h in capped.search(capped.analyze(photo.read_bytes()), "whole", k=8)] == uris
 
 
 def test_adapt_off_searches_plainly(labelled: SearchPipeline) -> None:
-    off = build_pipeline(dataclasses.replace(labelled.settings, adapt="off"))
+    # near_duplicate=0: compare with the index alone, without "+N similar" folding
+    off = build_pipeline(dataclasses.replace(labelled.settings, adapt="off", near_duplicate=0.0))
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Lemon").glob("*.jpg"))[0]
     hits = off.search(off.analyze(photo.read_bytes()), "whole", k=5)
     vector = off.query_vector(off.analyze(photo.read_bytes()), "whole", None)
@@ -252,10 +257,14 @@ def test_opensearch_backend_uses_the_same_adaptation(
 def test_the_view_crop_is_part_of_the_model_id_and_of_the_pixels() -> None:
     from PIL import Image
 
-    from search_core.models.efficientnet import model_id_for, preprocess
+    from search_core.config import Settings
+    from search_core.models.efficientnet import DEFAULT_CROP_FRACTION, model_id_for, preprocess
 
     assert model_id_for(0.875) == "efficientnet-lite0"  # indexes built before keep their id
     assert model_id_for(0.7) == "efficientnet-lite0-c70"
+    # the default chosen by `bench/quality.py --select-crop`, the same in the model and settings
+    assert Settings().view_crop == DEFAULT_CROP_FRACTION == 0.8
+    assert model_id_for(DEFAULT_CROP_FRACTION) == "efficientnet-lite0-c80"
     # a 400 px wide image whose outer 15 % on each side is red: the 70 % view sees no red
     image = Image.new("RGB", (400, 400), (255, 0, 0))
     image.paste((0, 0, 255), (60, 60, 340, 340))
@@ -276,3 +285,37 @@ def test_a_box_shows_its_catalogue_caption_instead_of_the_detector_label() -> No
     captioned = np.asarray(draw_detections(image, found, ["Arla-Standard-Milk 61 %"]))
     assert np.array_equal(plain, np.asarray(draw_detections(image, found, [""])))
     assert not np.array_equal(plain, captioned)  # a longer text over the box
+
+
+def test_results_per_label_caps_one_product_and_fills_the_page_with_others(
+    labelled: SearchPipeline,
+) -> None:
+    """SEARCH_RESULTS_PER_LABEL=2: a banana photo gets at most 2 bananas among its 10 results,
+    the same best hit, and the page is still full (PER_CLASS=6 bananas would fill it more)."""
+    photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Banana").rglob("*.jpg"))[0]
+    free = labelled.search(labelled.analyze(photo.read_bytes()), "whole", k=10)
+    capped_pipeline = build_pipeline(dataclasses.replace(labelled.settings, results_per_label=2))
+    capped = capped_pipeline.search(capped_pipeline.analyze(photo.read_bytes()), "whole", k=10)
+    labels = [hit.item.label for hit in capped]
+    assert sum(label == "Banana" for label in [h.item.label for h in free]) > 2
+    assert len(capped) == 10 and max(labels.count(label) for label in set(labels)) <= 2
+    assert capped[0].uri == free[0].uri and capped[0].item.label == "Banana"
+    scores = [hit.score for hit in capped]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cap_per_label_never_caps_unlabelled_items_nor_a_single_label() -> None:
+    from search_core.pipeline import cap_per_label
+    from search_core.types import SearchHit
+
+    def hit(name: str, label: str, score: float) -> SearchHit:
+        return SearchHit(uri=name, score=score, item=ItemMeta(uri=name, sha256=name, label=label))
+
+    hits = [hit("a1", "a", 0.9), hit("a2", "a", 0.8), hit("x", "", 0.7), hit("y", "", 0.6),
+            hit("b1", "b", 0.5)]
+    assert [h.uri for h in cap_per_label(hits, 1)] == ["a1", "x", "y", "b1"]
+    # a flat folder is one label: nothing to diversify, nothing dropped
+    flat = [hit(f"f{n}", "flat", 1 - n / 10) for n in range(5)]
+    assert [h.uri for h in cap_per_label(flat, 2)] == ["f0", "f1", "f2", "f3", "f4"]
+    with pytest.raises(Exception, match="SEARCH_RESULTS_PER_LABEL"):
+        dataclasses.replace(Settings(), results_per_label=-1).validate()

@@ -66,6 +66,13 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
         for photo in sorted(next(grocery.glob(f"train/**/{name}")).glob("*.jpg"))[:6]:
             shutil.copy(photo, catalogue / name / photo.name)
     (catalogue / "Lemon" / "page.jpg").write_text("<html>not an image</html>")
+    (catalogue / "Lemon" / "notes.txt").write_text("a note, skipped quietly")
+    first_banana = sorted((catalogue / "Banana").glob("*.jpg"))[0]
+    shutil.copy(first_banana, catalogue / "Banana" / "again.jpg")
+    from PIL import Image
+
+    with Image.open(first_banana) as photo:  # a near-duplicate: the same photo, re-encoded
+        photo.save(catalogue / "Banana" / "reencoded.jpg", quality=60)
 
     # Empty index: a search says what to do instead of failing.
     query = scenes / "grocery_Banana.jpg"
@@ -77,10 +84,17 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     client.predict(str(catalogue), False, api_name="/start_index")
     progress, counts, failures, stats, _ = _poll_job(client)
     assert "finished" in progress
-    assert "**Indexed** 18" in counts
+    assert "**Indexed** 19" in counts
+    # The counts agree with the failure list, and the skipped duplicate is named.
+    assert "**other files skipped** 1" in counts and "**failed** 1 (1 not an image)" in counts
+    assert "**Skipped as duplicate:**" in counts and "again.jpg" in counts, counts
+    assert f"same content as `{first_banana}`" in counts, counts
+    assert "**Near-duplicates in the catalogue:**" in counts, counts
+    assert f"`{first_banana}` ~ `{catalogue / 'Banana' / 'reencoded.jpg'}`" in counts, counts
     assert [row[1] for row in failures["data"]] == ["not an image: an HTML page"]
     stats = _json(stats)
-    assert stats["count"] == 18 and stats["embedder"] == "efficientnet-lite0-c70"
+    # 19 photos plus the copy, which the index keeps as a second name of the same content
+    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c80"
 
     # Analyse: boxes drawn, dropdown with numbered objects plus whole image and manual crop.
     drawn, dropdown, message = client.predict(
@@ -97,8 +111,8 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     gallery, status = client.predict(
         handle_file(str(query)), "whole", 5, "", 0, 0, 100, 100, api_name="/search"
     )
-    assert len(gallery) == 5 and "Top 5 of 18" in status
-    assert "· Banana ·" in gallery[0]["caption"]
+    assert len(gallery) == 5 and "Top 5 of 20" in status
+    assert gallery[0]["caption"].startswith("Banana · ")  # name · score % · short source
     gallery, status = client.predict(
         handle_file(str(query)), "manual", 3, "", 10, 10, 90, 90, api_name="/search"
     )
@@ -113,7 +127,7 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     # Reset needs the confirmation tick.
     stats, _, message = client.predict(False, api_name="/reset")
     stats = _json(stats)
-    assert stats["count"] == 18 and "confirm" in message
+    assert stats["count"] == 20 and "confirm" in message
     stats, _, message = client.predict(True, api_name="/reset")
     stats = _json(stats)
-    assert stats["count"] == 0 and "Removed 18" in message
+    assert stats["count"] == 0 and "Removed 20" in message

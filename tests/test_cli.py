@@ -55,7 +55,7 @@ def test_index_stats_search_reset(cli_env: dict[str, str], corpus: Path, grocery
     assert summary["indexed"] == 20 and summary["failed"] == 1
 
     stats = last_json(run_cli("stats", env=cli_env).stdout)
-    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c70"
+    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c80"
     assert stats["dimension"] == 1280
 
     query = next(grocery.glob("val/**/Banana/*.jpg"))

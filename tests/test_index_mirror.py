@@ -83,7 +83,7 @@ def assert_mirrors(root: Path, data: Path) -> None:
     from search_core.local_index import LocalIndex
     from search_core.models.efficientnet import model_id_for
 
-    # the CLI's embedder id includes its view (SEARCH_VIEW_CROP), e.g. efficientnet-lite0-c70
+    # the CLI's embedder id includes its view (SEARCH_VIEW_CROP), e.g. efficientnet-lite0-c80
     model_id = model_id_for(Settings().view_crop)
     index = LocalIndex(data, dimension=1280, model_id=model_id)
     matrix, items = index.vectors()

@@ -59,7 +59,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_embedder_meets_protocol(embedder: EfficientNetEmbedder) -> None:
     assert isinstance(embedder, Embedder)
     assert (embedder.model_id, embedder.dimension, embedder.supports_text) == (
-        "efficientnet-lite0-c70",  # the 70 % view (SEARCH_VIEW_CROP) is part of the id
+        "efficientnet-lite0-c80",  # the 80 % view (SEARCH_VIEW_CROP) is part of the id
         1280,
         False,
     )

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 VECTOR_FIELD = "vector"
-KEYWORD_FIELDS = ("uri", "sha256", "label", "model", "key")
+KEYWORD_FIELDS = ("uri", "sha256", "label", "model", "key", "category", "tags")
 #: paging order of scans: ``key`` is unique per document, so no two documents tie and no
 #: copy is skipped at a page boundary (indexes made before ``key`` existed sort it as missing)
 SCAN_SORT: list[dict[str, Any]] = [
@@ -631,6 +631,9 @@ def _document(
         "height": int(item.height),
         "size_bytes": int(item.size_bytes),
         "extra": dict(item.extra),
+        # filterable copies (extra itself is not indexed): see search_core.filters
+        "category": str(item.extra.get("category", "")),
+        "tags": list(item.extra.get("tags", [])),
     }
 
 
@@ -646,7 +649,9 @@ def _filter_clause(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     for field, value in filters.items():
         if value is None:
             continue
-        if isinstance(value, list | tuple | set | frozenset):
+        if field == "source_prefix":  # search_core.filters: the URI starts with it
+            terms.append({"prefix": {"uri": str(value)}})
+        elif isinstance(value, list | tuple | set | frozenset):
             terms.append({"terms": {field: list(value)}})
         else:
             terms.append({"term": {field: value}})
