@@ -26,8 +26,11 @@ from search_core.interfaces import (
     Detector,
     Embedder,
     EventuallyConsistent,
+    KeywordEmbedder,
     ListsVectors,
     Loadable,
+    LooksUpItems,
+    LooksUpVectors,
     PartialBatchEmbedder,
     PrefersBatchSize,
     PreprocessingEmbedder,
@@ -41,6 +44,9 @@ CAPABILITIES = (
     PrefersBatchSize,
     EventuallyConsistent,
     ListsVectors,
+    LooksUpVectors,
+    LooksUpItems,
+    KeywordEmbedder,
 )
 
 
@@ -52,7 +58,7 @@ def test_local_backends(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     embedder = build_embedder(settings)
     assert isinstance(embedder, Embedder)
-    assert _has(embedder) == {Loadable, PreprocessingEmbedder}
+    assert _has(embedder) == {Loadable, PreprocessingEmbedder, KeywordEmbedder}
     assert not embedder.loaded  # lazy: nothing was loaded to answer isinstance
 
     detector = build_detector(settings)
@@ -62,7 +68,7 @@ def test_local_backends(tmp_path: Path) -> None:
 
     index = build_index(settings, embedder)
     assert isinstance(index, VectorIndex)
-    assert _has(index) == {ListsVectors}
+    assert _has(index) == {ListsVectors, LooksUpVectors, LooksUpItems}
 
 
 def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
