@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from search_core.adaptation import CatalogueAdapter, CatalogueLabel
+from search_core.adaptation import CatalogueAdapter
 from search_core.config import Settings
 from search_core.crop import crop
 from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
-from search_core.errors import ImageError, ItemNotFoundError, SearchError
+from search_core.errors import ItemNotFoundError, SearchError
 from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
@@ -36,7 +34,26 @@ from search_core.interfaces import (
     VectorIndex,
 )
 from search_core.jobs import JobManager
-from search_core.sources import (  # noqa: F401  (PREVIEW_*: re-exported for the UI)
+from search_core.probe import IndexProbe
+from search_core.query import (
+    AUTO,
+    AUTO_MAX_OBJECTS,
+    AUTO_MIN_AREA,
+    AUTO_MIN_CONFIDENCE,
+    AUTO_OBJECT_MARGIN,
+    AUTO_SKIP_LABELS,
+    LABEL_MAX_OBJECTS,
+    MAX_TEXT_QUERY,
+    WHOLE,
+    AnalyzedImage,
+    auto_candidates,
+    auto_choice,
+    check_upload_size,
+    parse_object,
+)
+from search_core.ranking import OVERFETCH, PER_LABEL_FETCH, cap_per_label
+from search_core.relevance import CatalogueRelevance
+from search_core.sources import (
     PREVIEW_NOT_INDEXED,
     PREVIEW_OUTSIDE_ROOTS,
     open_source,
@@ -44,128 +61,35 @@ from search_core.sources import (  # noqa: F401  (PREVIEW_*: re-exported for the
     read_uri,
 )
 from search_core.tags import Tagger, facets, matching_tags
-from search_core.types import Box, Detection, ItemMeta, SearchHit
+from search_core.types import Box, ItemMeta, SearchHit
+
+#: the names callers import from here, wherever they now live
+__all__ = [
+    "AUTO",
+    "AUTO_MAX_OBJECTS",
+    "AUTO_MIN_AREA",
+    "AUTO_MIN_CONFIDENCE",
+    "AUTO_OBJECT_MARGIN",
+    "AUTO_SKIP_LABELS",
+    "CACHE_MAX_PIXELS",
+    "LABEL_MAX_OBJECTS",
+    "MAX_TEXT_QUERY",
+    "OVERFETCH",
+    "PER_LABEL_FETCH",
+    "PREVIEW_NOT_INDEXED",
+    "PREVIEW_OUTSIDE_ROOTS",
+    "WHOLE",
+    "AnalyzedImage",
+    "IndexProbe",
+    "SearchPipeline",
+    "auto_candidates",
+    "auto_choice",
+    "cap_per_label",
+    "check_upload_size",
+    "parse_object",
+]
 
 log = logging.getLogger(__name__)
-
-WHOLE = "whole"
-AUTO = "auto"
-#: detections used for the automatic choice must be this sure and this big
-AUTO_MIN_CONFIDENCE = 50.0
-AUTO_MIN_AREA = 0.04
-OVERFETCH = 3
-#: at most this many detections compete with the whole image for ``auto`` (each costs one
-#: embedding, ~10-20 ms)
-AUTO_MAX_OBJECTS = 3
-#: an object replaces the whole image only when its best catalogue match scores this much higher
-#: (chosen on GroceryStore train/ queries against the iconic catalogue: 0, 0.02, 0.05, 0.1 gave
-#: Recall@1 0.295, 0.298, 0.309, 0.305, the whole image alone 0.302)
-AUTO_OBJECT_MARGIN = 0.05
-#: with SEARCH_RESULTS_PER_LABEL, candidates are fetched this many times over, so that capped
-#: labels leave enough others to fill the page
-PER_LABEL_FETCH = 8
-#: at most this many detections get a catalogue label (one embedding each)
-LABEL_MAX_OBJECTS = 10
-MAX_TEXT_QUERY = 1000
-
-
-@dataclass(frozen=True)
-class AnalyzedImage:
-    sha256: str
-    image: Image.Image
-    detections: tuple[Detection, ...]
-    #: per detection, the catalogue's best match (see SearchPipeline.label_objects); empty
-    #: until asked for, None for an object that could not be embedded
-    catalogue: tuple[CatalogueLabel | None, ...] = ()
-
-    def box_caption(self, number: int) -> str:
-        """What the box of object ``number`` shows: the catalogue's label when it is a close
-        match ("Kiwi 46 %"), else "" (the detector's label is drawn)."""
-        match = self.catalogue[number] if number < len(self.catalogue) else None
-        if match is None or not match.close or not match.label:
-            return ""
-        return f"{match.label} {max(match.score, 0.0) * 100:.0f} %"
-
-    def choice_label(self, number: int) -> str:
-        """ "Book 2 — 80 %", and once labelled "Book 2 — 80 % · Kiwi · 46 %" or "... · no close
-        match in this catalogue": the generic detector label alone is often wrong for products
-        (a milk carton is no "Book")."""
-        detection = self.detections[number]
-        text = f"{detection.label} {number + 1} — {detection.confidence:.0f} %"
-        match = self.catalogue[number] if number < len(self.catalogue) else None
-        extra = match.text() if match is not None else ""
-        return f"{text} · {extra}" if extra else text
-
-
-#: never preselected: in photos of products people hold or stand beside, the person is the
-#: largest confident detection but almost never what a catalogue search is for (measured on
-#: GroceryStore val: preselecting "Person" for 20 % of queries cost 3 points of Recall@1).
-#: A user can still pick them from the dropdown.
-AUTO_SKIP_LABELS = frozenset({"Person"})
-
-
-def auto_candidates(detections: tuple[Detection, ...]) -> list[int]:
-    """Confident, big enough detections, most prominent (confidence x sqrt(area)) first."""
-    candidates = [
-        (d.confidence * d.box.area**0.5, number)
-        for number, d in enumerate(detections)
-        if d.confidence >= AUTO_MIN_CONFIDENCE
-        and d.box.area >= AUTO_MIN_AREA
-        and d.label not in AUTO_SKIP_LABELS
-    ]
-    return [number for _, number in sorted(candidates, reverse=True)]
-
-
-def auto_choice(detections: tuple[Detection, ...]) -> int | None:
-    """The most prominent confident detection, or None for the whole image: the detector-only
-    guess, used when no catalogue is there to ask (see SearchPipeline.auto_object)."""
-    candidates = auto_candidates(detections)
-    return candidates[0] if candidates else None
-
-
-def cap_per_label(hits: list[SearchHit], per_label: int) -> list[SearchHit]:
-    """Best first, at most ``per_label`` hits of one label; unlabelled items are never capped,
-    and hits of fewer than two labels (a flat folder is one label) are returned as they are.
-    A page can therefore be shorter than asked when the catalogue has few labels.
-
-    Why: in a catalogue of products (a folder each) ten photos of one product fill the first
-    page, and when that product is the wrong one the right one is pushed off it. Capping keeps
-    Recall@1 and raises Recall@10 (GroceryStore val -> train, SEARCH_RESULTS_PER_LABEL=3: see
-    the README's relevance section), at the price of showing fewer photos of the best product
-    (mAP@10 falls), which is why it is a setting and off by default."""
-    ordered = sorted(hits, key=lambda h: -h.score)
-    if len({hit.item.label for hit in ordered if hit.item.label}) < 2:
-        return ordered
-    counts: dict[str, int] = {}
-    kept = []
-    for hit in ordered:
-        label = hit.item.label
-        if label:
-            if counts.get(label, 0) >= per_label:
-                continue
-            counts[label] = counts.get(label, 0) + 1
-        kept.append(hit)
-    return kept
-
-
-def parse_object(choice: str | int | None) -> str | int:
-    """``auto`` | ``whole`` | 0-based object number, from the CLI's 1-based ``N``."""
-    if choice is None or choice == "" or choice == AUTO:
-        return AUTO
-    if choice == WHOLE:
-        return WHOLE
-    if isinstance(choice, int):
-        return choice
-    try:
-        number = int(choice)
-    except ValueError as exc:
-        raise SearchError(
-            f"--object must be auto, whole or an object number, got {choice!r}"
-        ) from exc
-    if number < 1:
-        raise SearchError("object numbers start at 1")
-    return number - 1
-
 
 #: Decoded query images kept for object switching, in pixels over all entries (3 bytes each):
 #: 32 phone photos at 2048 px would otherwise pin ~300 MB; this caps the cache near 100 MB.
@@ -176,59 +100,13 @@ def _pixels(analyzed: AnalyzedImage) -> int:
     return analyzed.image.width * analyzed.image.height
 
 
-def check_upload_size(size: int, limit: int) -> None:
-    """ImageError for uploads over ``limit`` bytes. MB here are MiB, as SEARCH_MAX_UPLOAD_MB
-    means them, so "60.0 MB; the limit is 50 MB" adds up for the user."""
-    if size > limit:
-        raise ImageError(
-            f"the upload is too large ({size / 2**20:.1f} MB); the limit is "
-            f"{limit / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)"
-        )
+class SearchPipeline(CatalogueRelevance):
+    """Detector + embedder + index, and the background indexing jobs that feed the index.
 
-
-class IndexProbe:
-    """The last known state of a remote index, refreshed in a background thread.
-
-    Why: a health check that calls OpenSearch inherits its 30 s timeout and retries, and the
-    load balancer's check times out first. The probe starts at most one count at a time, at
-    most every ``interval`` seconds, waits ``wait`` seconds for it, and otherwise answers with
-    what it knew (``index_reachable`` is None until the first answer)."""
-
-    def __init__(self, index: VectorIndex, *, interval: float = 30.0, wait: float = 0.5) -> None:
-        self._index = index
-        self._interval = interval
-        self._wait = wait
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._state: dict[str, Any] = {"index_reachable": None, "count": None}
-        self._checked = -float("inf")
-
-    def _run(self) -> None:
-        try:
-            state: dict[str, Any] = {"index_reachable": True, "count": self._index.count()}
-        except Exception as exc:  # reported, never raised
-            state = {"index_reachable": False, "count": None, "index_error": str(exc)}
-        with self._lock:
-            self._state = state
-            self._checked = time.monotonic()
-
-    def state(self) -> dict[str, Any]:
-        with self._lock:
-            stale = time.monotonic() - self._checked > self._interval
-            if stale and (self._thread is None or not self._thread.is_alive()):
-                self._thread = threading.Thread(target=self._run, name="index-probe", daemon=True)
-                self._thread.start()
-            thread = self._thread
-        if stale and thread is not None:
-            thread.join(self._wait)
-        with self._lock:
-            age = time.monotonic() - self._checked
-            checked = round(age, 1) if age != float("inf") else None
-            return {**self._state, "index_checked_s_ago": checked}
-
-
-class SearchPipeline:
-    """Detector + embedder + index, and the background indexing jobs that feed the index."""
+    The facade the app, API and CLI use; the query rules live in :mod:`search_core.query`,
+    result ranking in :mod:`search_core.ranking`, the adaptation / auto / catalogue labels in
+    :mod:`search_core.relevance` (mixed in) and the remote index probe in
+    :mod:`search_core.probe`."""
 
     def __init__(
         self,
@@ -601,142 +479,3 @@ class SearchPipeline:
         result.update(self._probe.state())
         result["ready"] = model_loaded
         return result
-
-    # -- relevance: catalogue adaptation, views, auto, catalogue labels ------------------------
-    # Kept apart from the methods above on purpose: they are the seams other features wrap.
-
-    def candidates(
-        self,
-        vector: np.ndarray,
-        k: int,
-        filters: dict[str, Any] | None = None,
-        *,
-        plain: bool = False,
-    ) -> list[SearchHit]:
-        """The index's top ``k``, in the catalogue-adapted space when the adaptation is active
-        (for every backend: the adapter searches its projected copy of the catalogue), else
-        the index's own plain search; at most SEARCH_RESULTS_PER_LABEL of one label."""
-        per_label = self.settings.results_per_label
-        if per_label <= 0:
-            return self._nearest(vector, k, filters, plain)
-        return cap_per_label(self._nearest(vector, k * PER_LABEL_FETCH, filters, plain),
-                             per_label)[:k]
-
-    def _nearest(
-        self, vector: np.ndarray, k: int, filters: dict[str, Any] | None, plain: bool
-    ) -> list[SearchHit]:
-        if not plain:
-            hits = self.adapter.search(vector, k, filters)
-            if hits is not None:
-                return hits
-        return self.index.search(vector, k, filters)
-
-    def adapt_after_ingest(self, report: IndexReport) -> None:
-        """Refits the adaptation after an ingest that changed the catalogue (it decides itself
-        whether the change is big enough to refit or only to re-project). Never fails the
-        ingest: a failed fit leaves the plain search."""
-        if not (report.indexed or report.pruned) and self.adapter.report.status != "none":
-            return
-        try:
-            self.adapter.refresh()
-        except Exception as exc:  # the ingest itself succeeded
-            log.warning("catalogue adaptation failed, searching plainly: %s", exc)
-
-    def prepare_adaptation(self) -> None:
-        """Loads (or fits, when missing or stale) the adaptation: at start, before the first
-        user, and before an evaluation."""
-        try:
-            self.adapter.refresh()
-        except Exception as exc:  # an unreachable backend is reported elsewhere
-            log.warning("catalogue adaptation not ready: %s", exc)
-
-    def view_vector(self, analyzed: AnalyzedImage, box: Box | None) -> np.ndarray:
-        """The embedding of one view (whole image or a region), cached per image: ``auto``, the
-        catalogue labels and the search itself need the same vectors."""
-        key = (analyzed.sha256, box)
-        with self._cache_lock:
-            if key in self._views:
-                self._views.move_to_end(key)
-                return self._views[key]
-        vector = self.embedder.embed_query(image=crop(analyzed.image, box))
-        with self._cache_lock:
-            self._views[key] = vector
-            while len(self._views) > self._cache_size * (LABEL_MAX_OBJECTS + 1):
-                self._views.popitem(last=False)
-        return vector
-
-    def best_match(self, vector: np.ndarray, *, judge: bool = True) -> CatalogueLabel | None:
-        """The catalogue's best match for a view: label and score in the search space, and
-        (``judge``) whether it is close: its plain cosine reaches the threshold calibrated on
-        the catalogue's own scores (plain, because a projection fitted on a few labels maps
-        unrelated photos near one of them)."""
-        hits = self.candidates(vector, 1)
-        if not hits:
-            return None
-        close = True
-        threshold = self.adapter.report.no_match_threshold
-        if judge and threshold is not None:
-            plain = hits if not self.adapter.active else self.index.search(vector, 1)
-            close = bool(plain) and plain[0].score >= threshold
-        return CatalogueLabel(
-            hits[0].item.label if self.adapter.report.labels >= 2 else "", hits[0].score, close
-        )
-
-    def auto_object(self, analyzed: AnalyzedImage) -> int | None:
-        """What ``auto`` searches with: among the whole image and the few most prominent
-        confident detections, the view whose best catalogue match scores highest (None = the
-        whole image, which wins ties and AUTO_OBJECT_MARGIN). On GroceryStore val -> train this
-        is as good as the whole image; the detector-only guess (auto_choice) lost 7 points of
-        Recall@1 there."""
-        with self._cache_lock:
-            if analyzed.sha256 in self._auto:
-                return self._auto[analyzed.sha256]
-        candidates = auto_candidates(analyzed.detections)[:AUTO_MAX_OBJECTS]
-        chosen: int | None = None
-        if candidates:
-            whole = self.best_match(self.view_vector(analyzed, None), judge=False)
-            best = whole.score if whole is not None else None
-            if best is None:  # an empty catalogue: the detector's guess is all there is
-                chosen = candidates[0]
-            else:
-                for number in candidates:
-                    try:
-                        match = self.best_match(
-                            self.view_vector(analyzed, analyzed.detections[number].box),
-                            judge=False,
-                        )
-                    except SearchError:  # a box too small to crop
-                        continue
-                    margin = AUTO_OBJECT_MARGIN if chosen is None else 0.0
-                    if match is not None and match.score > best + margin:
-                        best, chosen = match.score, number
-        with self._cache_lock:
-            self._auto[analyzed.sha256] = chosen
-            while len(self._auto) > self._cache_size:
-                self._auto.popitem(last=False)
-        return chosen
-
-    def whole_match(self, analyzed: AnalyzedImage) -> CatalogueLabel | None:
-        """The catalogue's best match for the whole image (for a "no close match" notice)."""
-        return self.best_match(self.view_vector(analyzed, None))
-
-    def label_objects(self, analyzed: AnalyzedImage) -> AnalyzedImage:
-        """The analysis with each detected object's best catalogue match filled in (the first
-        LABEL_MAX_OBJECTS; one embedding each, so the UI asks once per upload, searches don't).
-        ``choice_label`` then shows e.g. "Book 2 — 80 % · Kiwi · 46 %"."""
-        if analyzed.catalogue or not analyzed.detections:
-            return analyzed
-        labels: list[CatalogueLabel | None] = []
-        for number, detection in enumerate(analyzed.detections):
-            match = None
-            if number < LABEL_MAX_OBJECTS:
-                try:
-                    match = self.best_match(self.view_vector(analyzed, detection.box))
-                except SearchError:
-                    match = None
-            labels.append(match)
-        labelled = dataclasses.replace(analyzed, catalogue=tuple(labels))
-        with self._cache_lock:
-            if analyzed.sha256 in self._cache:
-                self._cache[analyzed.sha256] = labelled
-        return labelled
