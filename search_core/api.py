@@ -23,11 +23,11 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
@@ -217,6 +217,212 @@ def basic_auth(auth: Auth | None) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
+@dataclass
+class ApiContext:
+    """What the routes share, one per API app (kept on ``app.state``): one gate, one thumbnail
+    cache and one pipeline factory per mounted API, so two apps in one process (tests) never
+    share a queue or a cache."""
+
+    settings: Settings
+    pipeline: Callable[[], SearchPipeline]
+    gate: Gate
+    thumbnails: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+
+def _context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.context
+    return context
+
+
+Context = Annotated[ApiContext, Depends(_context)]
+
+
+async def _api_error(_: Request, exc: ApiError) -> Response:
+    return _error(exc.status, exc.message, exc.headers)
+
+
+async def _search_error(_: Request, exc: SearchError) -> Response:
+    return _error(status_of(exc), str(exc))
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+    return _error(400, f"{where}: {first.get('msg', 'invalid input')}")
+
+
+#: every error leaves as JSON {error, status}, FastAPI's own (404, 405, validation) included
+EXCEPTION_HANDLERS: dict[
+    int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]
+] = {
+    ApiError: _api_error,
+    SearchError: _search_error,
+    StarletteHTTPException: _http_error,
+    RequestValidationError: _invalid,
+}
+
+router = APIRouter()
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request) -> dict[str, Any]:
+    return {**request.app.openapi(), "servers": [{"url": _root(request) or "/"}]}
+
+
+@router.get("/docs", include_in_schema=False)
+def docs(request: Request) -> Response:
+    openapi_url = f"{_root(request)}/openapi.json"
+    return get_swagger_ui_html(openapi_url=openapi_url, title=request.app.title)
+
+
+def thumbnail_url(request: Request) -> Callable[[str], str]:
+    return lambda sha: str(request.url_for("thumbnail", item_id=sha))
+
+
+def filters_of(values: list[str]) -> dict[str, Any]:
+    return parse_filters(v for v in values if v.strip())
+
+
+def _check_length(request: Request, settings: Settings) -> None:
+    """413 from the declared length, before the body is read (multipart adds < 64 KB)."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > settings.max_upload_bytes + 64 * 1024:
+        raise ApiError(
+            413,
+            f"the upload is too large ({length / 2**20:.1f} MB); the limit is "
+            f"{settings.max_upload_bytes / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)",
+        )
+
+
+def _search_work(
+    engine: SearchPipeline,
+    data: bytes,
+    *,
+    text: str | None,
+    choice: str,
+    k: int,
+    filters: dict[str, Any],
+) -> dict[str, Any]:
+    """The blocking part of POST /search (runs in the gate's thread pool)."""
+    engine.check_text(text)
+    analyzed = engine.analyze(data) if data else None
+    region = parse_region(choice, analyzed) if analyzed is not None else WHOLE
+    hits = engine.search(analyzed, region, k=k, text=text, filters=filters or None)
+    return {
+        "objects": _objects(analyzed) if analyzed is not None else [],
+        "searched": _searched(analyzed, region) if analyzed is not None else None,
+        "results": hits,
+        "count": engine.index.count(),
+    }
+
+
+@router.post("/search", summary="Search with an image (and/or text)")
+async def search(
+    request: Request,
+    context: Context,
+    image: Annotated[UploadFile | None, File(description="the query photo")] = None,
+    text: Annotated[str | None, Form(description="text (CLIP/Titan) or tag keyword")] = None,
+    k: Annotated[int, Form(ge=1, le=MAX_K, description="number of results")] = 10,
+    object: Annotated[
+        str, Form(description="auto | whole | N (1-based) | x,y,w,h (fractions or pixels)")
+    ] = AUTO,
+    filter: Annotated[
+        list[str], Form(description="key=value: category, label, tag, source (prefix)")
+    ] = [],  # noqa: B006 - FastAPI copies defaults per request
+) -> dict[str, Any]:
+    """Detects the objects in ``image``, searches with the chosen one and returns the
+    detected objects, the object searched and the results (best first)."""
+    _check_length(request, context.settings)
+    filters = filters_of(filter)
+    data = await image.read() if image is not None else b""
+    if image is not None and not data:
+        raise ApiError(400, "the uploaded image is empty (0 bytes)")
+    if not data and not (text or "").strip():
+        raise ApiError(400, "send an image (multipart field 'image'), a text, or both")
+    started = time.perf_counter()
+    answer = await context.gate.run(
+        lambda: _search_work(
+            context.pipeline(), data, text=text, choice=object, k=k, filters=filters
+        )
+    )
+    to_url = thumbnail_url(request)
+    answer["results"] = [hit_json(h, to_url) for h in answer["results"]]
+    answer["took_ms"] = round(1000 * (time.perf_counter() - started), 1)
+    return answer
+
+
+@router.get("/items/{item_id}", summary="One catalogue item")
+def item(request: Request, context: Context, item_id: str) -> dict[str, Any]:
+    found = context.pipeline().item(item_id)
+    if found is None:
+        raise ItemNotFoundError(f"no catalogue item has the id {item_id!r}")
+    hit = SearchHit(uri=found.uri, score=1.0, item=found)
+    body = hit_json(hit, thumbnail_url(request))
+    body.pop("score")
+    return body
+
+
+@router.get("/items/{item_id}/similar", summary="More like this catalogue item")
+async def similar(
+    request: Request,
+    context: Context,
+    item_id: str,
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+    filter: Annotated[list[str], Query(description="key=value, repeatable")] = [],  # noqa: B006
+) -> dict[str, Any]:
+    """Searches with the item's stored vector: nothing is uploaded or embedded again."""
+    filters = filters_of(filter)
+    hits = await context.gate.run(
+        lambda: context.pipeline().search_by_item(item_id, k, filters or None)
+    )
+    to_url = thumbnail_url(request)
+    return {"id": item_id, "results": [hit_json(h, to_url) for h in hits]}
+
+
+def _thumbnail_bytes(context: ApiContext, item_id: str) -> bytes:
+    """The item's JPEG thumbnail, from the cache or made now (and cached)."""
+    thumbnails = context.thumbnails
+    data = thumbnails.get(item_id)
+    if data is not None:
+        return data
+    engine = context.pipeline()
+    found = engine.item(item_id)
+    preview = None if found is None else engine.preview(found.uri)
+    if preview is None:
+        raise ItemNotFoundError(f"no catalogue image for the id {item_id!r}")
+    buffer = io.BytesIO()
+    preview.convert("RGB").save(buffer, format="JPEG", quality=85)
+    data = buffer.getvalue()
+    thumbnails[item_id] = data
+    while len(thumbnails) > THUMBNAIL_CACHE:
+        thumbnails.popitem(last=False)
+    return data
+
+
+@router.get("/items/{item_id}/thumbnail", name="thumbnail", summary="A result's thumbnail")
+def thumbnail(context: Context, item_id: str) -> Response:
+    """JPEG, long side 384 px; made once per item and kept in memory."""
+    return Response(
+        _thumbnail_bytes(context, item_id),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get("/stats", summary="Index statistics, categories and tags")
+def stats(context: Context) -> dict[str, Any]:
+    engine = context.pipeline()
+    return {**engine.stats(), "facets": engine.facets()}
+
+
 def create_api(
     *,
     auth: Auth | None = None,
@@ -224,149 +430,21 @@ def create_api(
     pipeline: Callable[[], SearchPipeline] = _pipeline,
 ) -> FastAPI:
     """The ``/api`` sub-application (mount it with ``app.mount("/api", create_api(...))``)."""
-    settings = settings or Settings.from_env()
-    gate = Gate(active=min(4, os.cpu_count() or 1), waiting=MAX_WAITING)
-    thumbnails: OrderedDict[str, bytes] = OrderedDict()
     api = FastAPI(
         title="Visual search API",
         version="1",
         description="Search a catalogue by image (and text or keyword), continue from any "
         "result, and read index statistics. Errors are JSON {error, status}.",
-        docs_url=None,  # served below, behind the same auth as everything else
+        docs_url=None,  # served by the router, behind the same auth as everything else
         redoc_url=None,
         openapi_url=None,
         dependencies=[Depends(basic_auth(auth))],
+        exception_handlers=EXCEPTION_HANDLERS,
     )
-
-    @api.get("/openapi.json", include_in_schema=False)
-    def openapi(request: Request) -> dict[str, Any]:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return {**api.openapi(), "servers": [{"url": root or "/"}]}
-
-    @api.get("/docs", include_in_schema=False)
-    def docs(request: Request) -> Response:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=api.title)
-
-    @api.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.headers)
-
-    @api.exception_handler(SearchError)
-    async def _search_error(_: Request, exc: SearchError) -> JSONResponse:
-        return _error(status_of(exc), str(exc))
-
-    @api.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        return _error(400, f"{where}: {first.get('msg', 'invalid input')}")
-
-    def thumbnail_url(request: Request) -> Callable[[str], str]:
-        return lambda sha: str(request.url_for("thumbnail", item_id=sha))
-
-    def filters_of(values: list[str]) -> dict[str, Any]:
-        return parse_filters(v for v in values if v.strip())
-
-    @api.post("/search", summary="Search with an image (and/or text)")
-    async def search(
-        request: Request,
-        image: Annotated[UploadFile | None, File(description="the query photo")] = None,
-        text: Annotated[str | None, Form(description="text (CLIP/Titan) or tag keyword")] = None,
-        k: Annotated[int, Form(ge=1, le=MAX_K, description="number of results")] = 10,
-        object: Annotated[
-            str, Form(description="auto | whole | N (1-based) | x,y,w,h (fractions or pixels)")
-        ] = AUTO,
-        filter: Annotated[
-            list[str], Form(description="key=value: category, label, tag, source (prefix)")
-        ] = [],  # noqa: B006 - FastAPI copies defaults per request
-    ) -> dict[str, Any]:
-        """Detects the objects in ``image``, searches with the chosen one and returns the
-        detected objects, the object searched and the results (best first)."""
-        length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_upload_bytes + 64 * 1024:
-            raise ApiError(
-                413,
-                f"the upload is too large ({length / 2**20:.1f} MB); the limit is "
-                f"{settings.max_upload_bytes / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)",
-            )
-        filters = filters_of(filter)
-        data = await image.read() if image is not None else b""
-        if image is not None and not data:
-            raise ApiError(400, "the uploaded image is empty (0 bytes)")
-        if not data and not (text or "").strip():
-            raise ApiError(400, "send an image (multipart field 'image'), a text, or both")
-        started = time.perf_counter()
-
-        def work() -> dict[str, Any]:
-            engine = pipeline()
-            engine.check_text(text)
-            analyzed = engine.analyze(data) if data else None
-            region = parse_region(object, analyzed) if analyzed is not None else WHOLE
-            hits = engine.search(analyzed, region, k=k, text=text, filters=filters or None)
-            return {
-                "objects": _objects(analyzed) if analyzed is not None else [],
-                "searched": _searched(analyzed, region) if analyzed is not None else None,
-                "results": hits,
-                "count": engine.index.count(),
-            }
-
-        answer = await gate.run(work)
-        to_url = thumbnail_url(request)
-        answer["results"] = [hit_json(h, to_url) for h in answer["results"]]
-        answer["took_ms"] = round(1000 * (time.perf_counter() - started), 1)
-        return answer
-
-    @api.get("/items/{item_id}", summary="One catalogue item")
-    def item(request: Request, item_id: str) -> dict[str, Any]:
-        found = pipeline().item(item_id)
-        if found is None:
-            raise ItemNotFoundError(f"no catalogue item has the id {item_id!r}")
-        hit = SearchHit(uri=found.uri, score=1.0, item=found)
-        body = hit_json(hit, thumbnail_url(request))
-        body.pop("score")
-        return body
-
-    @api.get("/items/{item_id}/similar", summary="More like this catalogue item")
-    async def similar(
-        request: Request,
-        item_id: str,
-        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
-        filter: Annotated[list[str], Query(description="key=value, repeatable")] = [],  # noqa: B006
-    ) -> dict[str, Any]:
-        """Searches with the item's stored vector: nothing is uploaded or embedded again."""
-        filters = filters_of(filter)
-        hits = await gate.run(lambda: pipeline().search_by_item(item_id, k, filters or None))
-        to_url = thumbnail_url(request)
-        return {"id": item_id, "results": [hit_json(h, to_url) for h in hits]}
-
-    @api.get("/items/{item_id}/thumbnail", name="thumbnail", summary="A result's thumbnail")
-    def thumbnail(item_id: str) -> Response:
-        """JPEG, long side 384 px; made once per item and kept in memory."""
-        data = thumbnails.get(item_id)
-        if data is None:
-            engine = pipeline()
-            found = engine.item(item_id)
-            preview = None if found is None else engine.preview(found.uri)
-            if preview is None:
-                raise ItemNotFoundError(f"no catalogue image for the id {item_id!r}")
-            buffer = io.BytesIO()
-            preview.convert("RGB").save(buffer, format="JPEG", quality=85)
-            data = buffer.getvalue()
-            thumbnails[item_id] = data
-            while len(thumbnails) > THUMBNAIL_CACHE:
-                thumbnails.popitem(last=False)
-        return Response(
-            data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
-        )
-
-    @api.get("/stats", summary="Index statistics, categories and tags")
-    def stats() -> dict[str, Any]:
-        engine = pipeline()
-        return {**engine.stats(), "facets": engine.facets()}
-
+    api.state.context = ApiContext(
+        settings=settings or Settings.from_env(),
+        pipeline=pipeline,
+        gate=Gate(active=min(4, os.cpu_count() or 1), waiting=MAX_WAITING),
+    )
+    api.include_router(router)
     return api
