@@ -34,6 +34,7 @@ from search_core.interfaces import (
     PartialBatchEmbedder,
     PrefersBatchSize,
     PreprocessingEmbedder,
+    SelectsVectors,
     VectorIndex,
 )
 
@@ -46,6 +47,7 @@ CAPABILITIES = (
     ListsVectors,
     LooksUpVectors,
     LooksUpItems,
+    SelectsVectors,
     KeywordEmbedder,
 )
 
@@ -90,7 +92,9 @@ def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
 
     index = build_index(settings, embedder)  # no request is sent before the first call
     assert isinstance(index, VectorIndex)
-    assert _has(index) == {EventuallyConsistent, ListsVectors} and index.serverless
+    assert _has(index) == {
+        EventuallyConsistent, ListsVectors, LooksUpVectors, LooksUpItems, SelectsVectors
+    } and index.serverless
 
 
 def test_clip_is_loadable_without_loading() -> None:
