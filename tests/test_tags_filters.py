@@ -14,6 +14,7 @@ from PIL import Image
 
 from search_core.aws import clients
 from search_core.aws.opensearch_index import OpenSearchIndex
+from search_core.captions import result_caption
 from search_core.config import Settings
 from search_core.crop import draw_detections, object_at, place_labels
 from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
@@ -48,6 +49,20 @@ def test_keywords_match_tags_by_word_plural_and_alias() -> None:
     assert matching_tags("a banana", vocabulary) == ["Banana"]
     assert matching_tags("apple", vocabulary) == []  # no label says so: no guessing
     assert matching_tags("  ", vocabulary) == []
+
+
+def test_result_captions_show_the_first_tags() -> None:
+    item = ItemMeta(uri="/cat/Fruit/Banana/b1.jpg", sha256="a" * 64, label="Banana",
+                    extra={"tags": ["banana", "Person", "lemon", "Fruit", "zucchini"]})
+    copy = SearchHit(uri="/cat/b2.jpg", score=0.9, item=item)
+    hit = SearchHit(uri=item.uri, score=0.873, item=item, similar=(copy,))
+    assert result_caption(hit) == (
+        "Banana · 87 % · +1 similar\n…/Banana/b1.jpg\ntags: Person, lemon, Fruit")
+    assert result_caption(hit, no_preview="outside the folders") == (
+        "Banana · 87 % · +1 similar\n/cat/Fruit/Banana/b1.jpg\ntags: Person, lemon, Fruit\n"
+        "no preview: outside the folders")
+    bare = SearchHit(uri="/x/a.jpg", score=-0.2, item=ItemMeta(uri="/x/a.jpg", sha256="b" * 64))
+    assert result_caption(bare) == "a · 0 %\n…/x/a.jpg"  # no tags line without tags
 
 
 def test_parse_filters_and_match() -> None:
