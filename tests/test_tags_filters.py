@@ -257,6 +257,8 @@ def test_opensearch_more_like_this_folding_and_keywords(
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     clients._session_for.cache_clear()
     matrix, items = shoe_pipeline.index.vectors()
+    keep = [n for n, i in enumerate(items) if Path(i.uri).name != "half.jpg"]  # another test's
+    matrix, items = matrix[keep], [items[n] for n in keep]
     row = next(n for n, i in enumerate(items) if "/Banana/" in i.uri)
     banana = items[row]
     noisy = matrix[row] + 0.004 * np.random.default_rng(2).normal(size=matrix.shape[1])
