@@ -203,6 +203,15 @@ class LooksUpVectors(Protocol):
 
 
 @runtime_checkable
+class ExpectsLookups(Protocol):
+    """An index whose ``vector_of`` is a remote call: told which contents are about to be
+    looked up one by one (a result list, before near-duplicate folding), it fetches their
+    vectors in one request instead of one per result."""
+
+    def expect_lookups(self, sha256s: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
 class SelectsVectors(Protocol):
     """An index that returns the stored vectors of the items passing a filter in one query
     (OpenSearch: a terms query on ``tags``), at most ``limit``: a keyword search ranks the

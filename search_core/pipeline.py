@@ -28,6 +28,7 @@ from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_s
 from search_core.interfaces import (
     Detector,
     Embedder,
+    ExpectsLookups,
     ListsVectors,
     Loadable,
     LooksUpItems,
@@ -348,6 +349,8 @@ class SearchPipeline:
     def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
         """Near-duplicates folded into the higher result (needs the index's stored vectors:
         both indexes return them; elsewhere results stay as they are)."""
+        if isinstance(self.index, ExpectsLookups):  # one request for the list (OpenSearch)
+            self.index.expect_lookups([hit.item.sha256 for hit in hits])
         return collapse_near_duplicates(
             hits,
             self.index.vector_of if isinstance(self.index, LooksUpVectors) else None,

@@ -398,6 +398,14 @@ def test_lookups_by_content_id(aoss: FakeOpenSearch) -> None:
     collapse_near_duplicates(hits, index.vector_of, 0.5)
     assert len(aoss.bodies("_search")) == before + 1  # then cached
 
+    # a list from elsewhere (the adaptation's in-memory search), announced before folding
+    cold = OpenSearchIndex(_settings(aoss.url), dimension=8)  # nothing cached yet
+    announced = [i.sha256 for i in items[50:80]]
+    cold.expect_lookups(announced)
+    before = len(aoss.bodies("_search"))
+    assert all(cold.vector_of(sha) is not None for sha in announced)
+    assert len(aoss.bodies("_search")) == before + 1
+
     matrix, bags = index.vectors_where({"tags": ["bag"]}, limit=30)
     assert len(bags) == 30 and all(i.extra["tags"] == ["bag"] for i in bags)
     rows = {i.sha256: n for n, i in enumerate(items)}

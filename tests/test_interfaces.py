@@ -26,6 +26,7 @@ from search_core.interfaces import (
     Detector,
     Embedder,
     EventuallyConsistent,
+    ExpectsLookups,
     KeywordEmbedder,
     ListsVectors,
     Loadable,
@@ -44,6 +45,7 @@ CAPABILITIES = (
     PartialBatchEmbedder,
     PrefersBatchSize,
     EventuallyConsistent,
+    ExpectsLookups,
     ListsVectors,
     LooksUpVectors,
     LooksUpItems,
@@ -93,7 +95,8 @@ def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     index = build_index(settings, embedder)  # no request is sent before the first call
     assert isinstance(index, VectorIndex)
     assert _has(index) == {
-        EventuallyConsistent, ListsVectors, LooksUpVectors, LooksUpItems, SelectsVectors
+        EventuallyConsistent, ExpectsLookups, ListsVectors, LooksUpVectors, LooksUpItems,
+        SelectsVectors,
     } and index.serverless
 
 

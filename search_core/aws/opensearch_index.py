@@ -492,8 +492,7 @@ class OpenSearchIndex:
             hits.append(SearchHit(uri=item.uri, score=cosine_from_score(hit["_score"]), item=item))
             if len(hits) == k:
                 break
-        with self._lock:
-            self._recent_results.append([hit.item.sha256 for hit in hits])
+        self.expect_lookups([hit.item.sha256 for hit in hits])
         return hits
 
     def known_hashes(self, sha256s: Iterable[str]) -> set[str]:
@@ -616,6 +615,13 @@ class OpenSearchIndex:
         return matrix, items
 
     # -- lookups by content id (LooksUpVectors, LooksUpItems, SelectsVectors) -----------------
+
+    def expect_lookups(self, sha256s: Sequence[str]) -> None:
+        """Remembers a result list (best first) whose vectors may be asked for next: its own
+        search results, or a list from elsewhere (the catalogue adaptation's in-memory
+        search) that the pipeline announces before folding near-duplicates."""
+        with self._lock:
+            self._recent_results.append(list(sha256s))
 
     def vector_of(self, sha256: str) -> np.ndarray | None:
         """The stored vector of one content, or None ("more like this", near-duplicate
