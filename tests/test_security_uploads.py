@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import GROCERY, REPO
+from helpers import GROCERY, REPO, require
 
 sys.path.insert(0, str(REPO / "bench"))
 from attacks import (
@@ -314,7 +314,7 @@ def test_cli_needs_no_allow_list(tmp_path: Path) -> None:
 
     folder = tmp_path / "Pictures"
     folder.mkdir()
-    for photo in sorted(GROCERY.glob("train/Fruit/Banana/*.jpg"))[:2]:
+    for photo in sorted(require(GROCERY).glob("train/Fruit/Banana/*.jpg"))[:2]:
         shutil.copy(photo, folder / photo.name)
     env = {k: v for k, v in os.environ.items() if k != "SEARCH_FOLDER_ROOTS"}
     env.update(SEARCH_DATA_DIR=str(tmp_path / "data"), SEARCH_DETECTOR="none",
@@ -335,7 +335,7 @@ def test_results_outside_the_roots_keep_their_place_without_a_preview(tmp_path: 
 
     pictures = tmp_path / "Pictures"
     pictures.mkdir()
-    photos = sorted(GROCERY.glob("train/Fruit/Banana/*.jpg"))[:3]
+    photos = sorted(require(GROCERY).glob("train/Fruit/Banana/*.jpg"))[:3]
     for photo in photos:
         shutil.copy(photo, pictures / photo.name)
     server = AppServer(tmp_path / "app", SEARCH_FOLDER_ROOTS=str(tmp_path / "app" / "roots"))
