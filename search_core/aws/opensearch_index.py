@@ -646,6 +646,7 @@ class OpenSearchIndex:
         found = self._stored_vectors(set(batch))
         with self._lock:
             for sha, vector in found.items():
+                vector.setflags(write=False)  # shared by every caller through the cache
                 self._vector_cache[sha] = vector
                 self._vector_cache.move_to_end(sha)
             while len(self._vector_cache) > VECTOR_CACHE:
