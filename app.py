@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from search_core.captions import percent, result_caption
 from search_core.crop import box_from_pixels, draw_detections, object_at
 from search_core.errors import SearchError
 from search_core.factory import get_pipeline
@@ -215,10 +216,6 @@ def _filters(category: str | None, tags: list[str] | None, source: str | None) -
     return filters
 
 
-def _percent(score: float) -> str:
-    return f"{max(score, 0.0) * 100:.0f} %"
-
-
 def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
     """Gallery items (thumbnail, caption) and, in the same order, the ids and scores the
     detail view needs. Only ids travel through the page: the detail view reads everything
@@ -227,15 +224,13 @@ def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dic
     pipeline = get_pipeline()
     gallery, rows = [], []
     for hit in hits:
-        name = product_name(hit.item.label, hit.uri)
-        badge = f" · +{len(hit.similar)} similar" if hit.similar else ""
-        caption = f"{name} · {_percent(hit.score)}{badge}\n{short_source(hit.uri)}"
+        caption = result_caption(hit)
         preview = preview_file(hit.uri, hit.item.sha256)
         shown = preview is not None
         if not shown:  # never drop a result silently: name it and say why it has no picture
             why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
             preview = no_preview_file()
-            caption = f"{name} · {_percent(hit.score)}{badge}\n{hit.uri}\nno preview: {why}"
+            caption = result_caption(hit, no_preview=why)
         gallery.append((preview, caption))
         rows.append(
             {
@@ -425,7 +420,7 @@ def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
     preview = preview_file(item.uri, item.sha256) or no_preview_file()
     score = float(row.get("score", 0.0))
     lines = [
-        f"### {html.escape(product_name(item.label, item.uri))} · {_percent(score)} match",
+        f"### {html.escape(product_name(item.label, item.uri))} · {percent(score)} match",
         f"**Source:** `{item.uri}`",
         f"**Size:** {item.width} × {item.height} px · {item.size_bytes / 1024:.0f} KB",
         f"**Label:** {html.escape(item.label or '—')} · **Category:** "
@@ -436,7 +431,7 @@ def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
     similar = [(other, s) for other, s in similar if other is not None]
     if similar:
         lines.append(f"**+{len(similar)} near-duplicate(s) folded in:**")
-        lines += [f"- `{other.uri}` · {_percent(s)}" for other, s in similar]
+        lines += [f"- `{other.uri}` · {percent(s)}" for other, s in similar]
     return gr.update(visible=True), preview, "\n\n".join(lines), item.sha256
 
 
@@ -503,7 +498,7 @@ def _near_duplicates_note(job: dict[str, Any]) -> str:
         return ""
     if job["id"] not in _NEAR_DUPLICATES:
         pairs = get_pipeline().near_duplicate_pairs(max_items=UI_NEAR_DUPLICATE_LIMIT)
-        lines = [f"- `{a}` ~ `{b}` ({_percent(score)})" for a, b, score in pairs[:5]]
+        lines = [f"- `{a}` ~ `{b}` ({percent(score)})" for a, b, score in pairs[:5]]
         more = f"\n- … and {len(pairs) - 5} more" if len(pairs) > 5 else ""
         _NEAR_DUPLICATES[job["id"]] = (
             f"\n\n**Near-duplicates in the catalogue:** {len(pairs)} pair(s)\n"

@@ -197,9 +197,29 @@ class ListsVectors(Protocol):
 @runtime_checkable
 class LooksUpVectors(Protocol):
     """An index that returns one stored vector by content id: "more like this", keyword search
-    over stored vectors and near-duplicate folding need it (the local index has it)."""
+    over stored vectors and near-duplicate folding need it (both indexes have it)."""
 
     def vector_of(self, sha256: str) -> np.ndarray | None: ...
+
+
+@runtime_checkable
+class ExpectsLookups(Protocol):
+    """An index whose ``vector_of`` is a remote call: told which contents are about to be
+    looked up one by one (a result list, before near-duplicate folding), it fetches their
+    vectors in one request instead of one per result."""
+
+    def expect_lookups(self, sha256s: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class SelectsVectors(Protocol):
+    """An index that returns the stored vectors of the items passing a filter in one query
+    (OpenSearch: a terms query on ``tags``), at most ``limit``: a keyword search ranks the
+    tagged items by their mean vector without listing the catalogue and asking item by item."""
+
+    def vectors_where(
+        self, filters: dict[str, Any], limit: int = ...
+    ) -> tuple[np.ndarray, list[ItemMeta]]: ...
 
 
 @runtime_checkable

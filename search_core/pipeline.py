@@ -26,11 +26,13 @@ from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_s
 from search_core.interfaces import (
     Detector,
     Embedder,
+    ExpectsLookups,
     ListsVectors,
     Loadable,
     LooksUpItems,
     LooksUpVectors,
     PrefersBatchSize,
+    SelectsVectors,
     VectorIndex,
 )
 from search_core.jobs import JobManager
@@ -224,7 +226,9 @@ class SearchPipeline(CatalogueRelevance):
 
     def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
         """Near-duplicates folded into the higher result (needs the index's stored vectors:
-        the local index has them; elsewhere results stay as they are)."""
+        both indexes return them; elsewhere results stay as they are)."""
+        if isinstance(self.index, ExpectsLookups):  # one request for the list (OpenSearch)
+            self.index.expect_lookups([hit.item.sha256 for hit in hits])
         return collapse_near_duplicates(
             hits,
             self.index.vector_of if isinstance(self.index, LooksUpVectors) else None,
@@ -305,6 +309,9 @@ class SearchPipeline(CatalogueRelevance):
         """Items tagged with ``keyword``, the most typical first (closest to the mean vector
         of all of them)."""
         wanted = {**(filters or {}), **self.keyword_filters(keyword)}
+        if isinstance(self.index, SelectsVectors):  # one filtered query (OpenSearch)
+            matrix, _ = self.index.vectors_where(wanted)
+            return self._typical(list(matrix), k, wanted)
         if not isinstance(self.index, LooksUpVectors):
             raise SearchError(f"keyword search needs stored vectors ({self.index.name} index)")
         vector_of = self.index.vector_of
@@ -313,6 +320,11 @@ class SearchPipeline(CatalogueRelevance):
             for v in (vector_of(i.sha256) for i in self.index.items() if matches(i, wanted))
             if v is not None
         ]
+        return self._typical(vectors, k, wanted)
+
+    def _typical(
+        self, vectors: list[np.ndarray], k: int, wanted: dict[str, Any]
+    ) -> list[SearchHit]:
         if not vectors:
             return []
         centroid = np.mean(vectors, axis=0)

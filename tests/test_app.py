@@ -113,6 +113,9 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     )
     assert len(gallery) == 5 and "Top 5 of 20" in status
     assert gallery[0]["caption"].startswith("Banana · ")  # name · score % · short source
+    # a tag that only repeats the name ("banana", "Banana") is not repeated on the caption
+    assert "tags: " not in gallery[0]["caption"] or "banana" not in gallery[0]["caption"].split(
+        "tags: ", 1)[1].lower(), gallery[0]["caption"]
     gallery, status = client.predict(
         handle_file(str(query)), "manual", 3, "", 10, 10, 90, 90, api_name="/search"
     )

@@ -374,3 +374,41 @@ def test_readiness_does_not_wait_for_a_hanging_index(tmp_path) -> None:
     assert health["ready"] and again["ready"] and health["backend"] == "opensearch"
     # answered while the count is still hanging (the client waits 30 s, with retries)
     assert health["index_reachable"] is None and again["index_reachable"] is None
+
+
+def test_lookups_by_content_id(aoss: FakeOpenSearch) -> None:
+    """More like this / near-duplicate folding / keyword search by tags on OpenSearch: stored
+    vectors by id, a result list's vectors in one terms query, items by id, filtered vectors."""
+    from search_core.duplicates import collapse_near_duplicates
+
+    vectors, items = _data(100, seed=5)
+    items = [ItemMeta(**{**i.to_dict(), "extra": {"tags": [("shoe", "bag")[n % 2]]}})
+             for n, i in enumerate(items)]
+    index = OpenSearchIndex(_settings(aoss.url), dimension=8)
+    index.add(vectors, items)
+    assert np.allclose(index.vector_of(items[3].sha256), vectors[3], atol=1e-6)
+    assert index.vector_of("f" * 64) is None
+    assert index.item_of(items[4].sha256) == items[4] and index.item_of("f" * 64) is None
+
+    hits = index.search(vectors[0], k=35)
+    before = len(aoss.bodies("_search"))
+    collapse_near_duplicates(hits, index.vector_of, 0.5)
+    (lookup,) = aoss.bodies("_search")[before:]  # one terms query for the whole list
+    assert lookup["query"]["bool"]["filter"][0]["terms"]["sha256"]
+    collapse_near_duplicates(hits, index.vector_of, 0.5)
+    assert len(aoss.bodies("_search")) == before + 1  # then cached
+
+    # a list from elsewhere (the adaptation's in-memory search), announced before folding
+    cold = OpenSearchIndex(_settings(aoss.url), dimension=8)  # nothing cached yet
+    announced = [i.sha256 for i in items[50:80]]
+    cold.expect_lookups(announced)
+    before = len(aoss.bodies("_search"))
+    assert all(cold.vector_of(sha) is not None for sha in announced)
+    assert len(aoss.bodies("_search")) == before + 1
+
+    matrix, bags = index.vectors_where({"tags": ["bag"]}, limit=30)
+    assert len(bags) == 30 and all(i.extra["tags"] == ["bag"] for i in bags)
+    rows = {i.sha256: n for n, i in enumerate(items)}
+    assert np.allclose(matrix, vectors[[rows[i.sha256] for i in bags]], atol=1e-6)
+    index.delete([items[3].sha256])
+    assert index.vector_of(items[3].sha256) is None  # the cache forgets deleted contents

@@ -119,6 +119,8 @@ def test_point_drag_open_more_like_this_and_filter(app: AppProcess, tmp_path: Pa
                    "green peppers first")
             first_caption = captions.first.inner_text()
             assert "%" in first_caption and "…/Green-Bell-Pepper/" in first_caption
+            # the first automatic tags say why a result is there without opening it
+            assert "\ntags: " in first_caption, first_caption
             # Every caption is readable in full and every result is on the page (no clipped
             # row inside a fixed-height box).
             assert page.locator("#results .caption-label").evaluate_all(

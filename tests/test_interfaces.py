@@ -26,6 +26,7 @@ from search_core.interfaces import (
     Detector,
     Embedder,
     EventuallyConsistent,
+    ExpectsLookups,
     KeywordEmbedder,
     ListsVectors,
     Loadable,
@@ -34,6 +35,7 @@ from search_core.interfaces import (
     PartialBatchEmbedder,
     PrefersBatchSize,
     PreprocessingEmbedder,
+    SelectsVectors,
     VectorIndex,
 )
 
@@ -43,9 +45,11 @@ CAPABILITIES = (
     PartialBatchEmbedder,
     PrefersBatchSize,
     EventuallyConsistent,
+    ExpectsLookups,
     ListsVectors,
     LooksUpVectors,
     LooksUpItems,
+    SelectsVectors,
     KeywordEmbedder,
 )
 
@@ -90,7 +94,10 @@ def test_aws_backends(monkeypatch: pytest.MonkeyPatch) -> None:
 
     index = build_index(settings, embedder)  # no request is sent before the first call
     assert isinstance(index, VectorIndex)
-    assert _has(index) == {EventuallyConsistent, ListsVectors} and index.serverless
+    assert _has(index) == {
+        EventuallyConsistent, ExpectsLookups, ListsVectors, LooksUpVectors, LooksUpItems,
+        SelectsVectors,
+    } and index.serverless
 
 
 def test_clip_is_loadable_without_loading() -> None:

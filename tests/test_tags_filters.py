@@ -14,6 +14,7 @@ from PIL import Image
 
 from search_core.aws import clients
 from search_core.aws.opensearch_index import OpenSearchIndex
+from search_core.captions import result_caption
 from search_core.config import Settings
 from search_core.crop import draw_detections, object_at, place_labels
 from search_core.duplicates import collapse_near_duplicates, near_duplicate_pairs
@@ -48,6 +49,20 @@ def test_keywords_match_tags_by_word_plural_and_alias() -> None:
     assert matching_tags("a banana", vocabulary) == ["Banana"]
     assert matching_tags("apple", vocabulary) == []  # no label says so: no guessing
     assert matching_tags("  ", vocabulary) == []
+
+
+def test_result_captions_show_the_first_tags() -> None:
+    item = ItemMeta(uri="/cat/Fruit/Banana/b1.jpg", sha256="a" * 64, label="Banana",
+                    extra={"tags": ["banana", "Person", "lemon", "Fruit", "zucchini"]})
+    copy = SearchHit(uri="/cat/b2.jpg", score=0.9, item=item)
+    hit = SearchHit(uri=item.uri, score=0.873, item=item, similar=(copy,))
+    assert result_caption(hit) == (
+        "Banana · 87 % · +1 similar\n…/Banana/b1.jpg\ntags: Person, lemon, Fruit")
+    assert result_caption(hit, no_preview="outside the folders") == (
+        "Banana · 87 % · +1 similar\n/cat/Fruit/Banana/b1.jpg\ntags: Person, lemon, Fruit\n"
+        "no preview: outside the folders")
+    bare = SearchHit(uri="/x/a.jpg", score=-0.2, item=ItemMeta(uri="/x/a.jpg", sha256="b" * 64))
+    assert result_caption(bare) == "a · 0 %\n…/x/a.jpg"  # no tags line without tags
 
 
 def test_parse_filters_and_match() -> None:
@@ -228,6 +243,60 @@ def test_opensearch_filters_category_tags_and_prefix(monkeypatch: pytest.MonkeyP
         # efficient k-NN filtering: the filter sits inside the knn clause
         assert body["query"]["knn"]["vector"]["filter"] == {"bool": {"filter": [
             {"prefix": {"uri": "s3://b/shoes/"}}, {"terms": {"tags": ["t0"]}}]}}
+
+
+def test_opensearch_more_like_this_folding_and_keywords(
+    shoe_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue's real vectors and tags in OpenSearch (the fake, through opensearch-py):
+    more like this, near-duplicate folding and tag keywords work as on the local index."""
+    from search_core.pipeline import SearchPipeline
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    clients._session_for.cache_clear()
+    matrix, items = shoe_pipeline.index.vectors()
+    keep = [n for n, i in enumerate(items) if Path(i.uri).name != "half.jpg"]  # another test's
+    matrix, items = matrix[keep], [items[n] for n in keep]
+    row = next(n for n, i in enumerate(items) if "/Banana/" in i.uri)
+    banana = items[row]
+    noisy = matrix[row] + 0.004 * np.random.default_rng(2).normal(size=matrix.shape[1])
+    noisy = (noisy / np.linalg.norm(noisy)).astype(np.float32)  # cosine ~0.99: a re-export
+    copy = ItemMeta(uri=banana.uri.replace(".jpg", "-small.jpg"), sha256="e" * 64,
+                    label=banana.label, extra=dict(banana.extra))
+    with FakeOpenSearch(strict=True, service="aoss") as fake:
+        settings = Settings(index="opensearch", opensearch_endpoint=fake.url,
+                            opensearch_auth="sigv4-aoss", aws_region="us-east-1", adapt="off")
+        index = OpenSearchIndex(settings, dimension=matrix.shape[1])
+        index.add(np.vstack([matrix, noisy[None]]), [*items, copy])
+        pipeline = SearchPipeline(settings, detector=None, embedder=shoe_pipeline.embedder,
+                                  index=index)
+        assert pipeline.item(banana.sha256).uri == banana.uri
+        assert pipeline.item("0" * 64) is None
+
+        like = pipeline.search_by_item(banana.sha256, k=6)
+        assert banana.sha256 not in {h.item.sha256 for h in like}
+        assert like[0].uri == copy.uri  # the item's own near-duplicate stays, as one result
+        assert like[1].item.label in {"Banana", "Lemon"}
+        with pytest.raises(ItemNotFoundError):
+            pipeline.search_by_item("0" * 64)
+
+        before = len(fake.bodies("_search"))
+        hits = pipeline.search_vector(matrix[row], k=5)
+        assert hits[0].item.sha256 == banana.sha256
+        assert [s.uri for s in hits[0].similar] == [copy.uri]  # "+1 similar"
+        assert copy.uri not in {h.uri for h in hits}
+        # the result list's vectors came in at most one terms query (the rest were cached)
+        lookups = [b for b in fake.bodies("_search")[before:] if "knn" not in b["query"]]
+        assert len(lookups) <= 1
+
+        keyword = pipeline.search(None, text="shoe", k=5)
+        assert keyword and all(h.item.extra["category"] == "Footwear" for h in keyword)
+        scan = [b for b in fake.bodies("_search") if "knn" not in b["query"]][-1]
+        assert scan["query"]["bool"]["filter"][0]["terms"]["tags"]  # one filtered scan
+        with pytest.raises(SearchError, match="SEARCH_EMBEDDER=clip or titan"):
+            pipeline.search(None, text="a yellow submarine", k=5)
 
 
 def test_local_index_returns_stored_vectors(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import hashlib
 import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -66,6 +67,15 @@ BULK_BYTES = 5 * 1024 * 1024
 TERMS_CHUNK = 500
 PAGE = 500
 READY_TIMEOUT_S = 90.0
+#: stored vectors kept in memory (content-addressed, so never stale): ~5 MB at 1280 floats
+VECTOR_CACHE = 1024
+#: vectors fetched in one terms query when a result's vector is asked for (near-duplicate
+#: folding walks a result list in order: one request serves the next results too)
+LOOKUP_BATCH = 64
+#: result lists remembered for that batching (one per recent search)
+RECENT_RESULTS = 16
+#: items whose mean vector ranks a keyword search (an estimate of "typical" needs no more)
+KEYWORD_SAMPLE = 500
 EVENTUAL_CONSISTENCY_NOTE = (
     "OpenSearch Serverless makes newly indexed images searchable only after up to about 60 "
     "seconds; recent additions may not appear in results yet."
@@ -141,6 +151,10 @@ class OpenSearchIndex:
         # Hashes and names written by this process: AOSS search does not see them for ~60 s.
         self._recent: set[str] = set()
         self._recent_names: dict[str, tuple[str, str]] = {}
+        # More like this / near-duplicate folding: stored vectors by content, and the content
+        # ids of recent results in score order (see vector_of)
+        self._vector_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_results: deque[list[str]] = deque(maxlen=RECENT_RESULTS)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -170,6 +184,8 @@ class OpenSearchIndex:
             self._ready = False
             self._recent.clear()
             self._recent_names.clear()
+            self._vector_cache.clear()
+            self._recent_results.clear()
 
     def _error(self, exc: Exception, action: str) -> SearchError:
         if isinstance(exc, os_exc.NotFoundError) and exc.error == "index_not_found_exception":
@@ -439,6 +455,7 @@ class OpenSearchIndex:
         # the hashes this process wrote may now have no name left: ask the index again
         with self._lock:
             self._recent.clear()
+            self._vector_cache.clear()  # a content may have lost its last name
             for uri in wanted:
                 self._recent_names.pop(uri, None)
         return len(removed)
@@ -475,6 +492,7 @@ class OpenSearchIndex:
             hits.append(SearchHit(uri=item.uri, score=cosine_from_score(hit["_score"]), item=item))
             if len(hits) == k:
                 break
+        self.expect_lookups([hit.item.sha256 for hit in hits])
         return hits
 
     def known_hashes(self, sha256s: Iterable[str]) -> set[str]:
@@ -538,6 +556,8 @@ class OpenSearchIndex:
         removed = self._delete_where("sha256", wanted)
         with self._lock:
             self._recent.difference_update(wanted)
+            for sha in wanted:
+                self._vector_cache.pop(sha, None)
             self._recent_names = {
                 uri: state for uri, state in self._recent_names.items() if state[0] not in removed
             }
@@ -554,6 +574,8 @@ class OpenSearchIndex:
             self._ready = False
             self._recent.clear()
             self._recent_names.clear()
+            self._vector_cache.clear()
+            self._recent_results.clear()
         self.ensure_index()
 
     def count(self) -> int:
@@ -589,6 +611,80 @@ class OpenSearchIndex:
             seen.add(item.sha256)
             rows.append(source[VECTOR_FIELD])
             items.append(item)
+        matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dimension)
+        return matrix, items
+
+    # -- lookups by content id (LooksUpVectors, LooksUpItems, SelectsVectors) -----------------
+
+    def expect_lookups(self, sha256s: Sequence[str]) -> None:
+        """Remembers a result list (best first) whose vectors may be asked for next: its own
+        search results, or a list from elsewhere (the catalogue adaptation's in-memory
+        search) that the pipeline announces before folding near-duplicates."""
+        with self._lock:
+            self._recent_results.append(list(sha256s))
+
+    def vector_of(self, sha256: str) -> np.ndarray | None:
+        """The stored vector of one content, or None ("more like this", near-duplicate
+        folding). Folding asks for the results' vectors one by one, in score order: a miss
+        fetches this one and the next uncached ones of the same recent result list in one
+        terms query (so a result list costs one or two requests, not one per result), and
+        vectors stay cached -- a content's vector never changes."""
+        if not sha256:
+            return None
+        with self._lock:
+            cached = self._vector_cache.get(sha256)
+            if cached is not None:
+                self._vector_cache.move_to_end(sha256)
+                return cached
+            batch = [sha256]
+            for results in reversed(self._recent_results):
+                if sha256 in results:
+                    after = results[results.index(sha256) + 1:]
+                    batch += [s for s in after if s not in self._vector_cache][:LOOKUP_BATCH - 1]
+                    break
+        self.ensure_index()
+        found = self._stored_vectors(set(batch))
+        with self._lock:
+            for sha, vector in found.items():
+                vector.setflags(write=False)  # shared by every caller through the cache
+                self._vector_cache[sha] = vector
+                self._vector_cache.move_to_end(sha)
+            while len(self._vector_cache) > VECTOR_CACHE:
+                self._vector_cache.popitem(last=False)
+        return found.get(sha256)
+
+    def item_of(self, sha256: str) -> ItemMeta | None:
+        """The first name (in URI order) of one content, by a term query on ``sha256``."""
+        if not sha256:
+            return None
+        self.ensure_index()
+        body = {"size": 1, "_source": {"excludes": [VECTOR_FIELD]}, "sort": SCAN_SORT,
+                "query": {"bool": {"filter": [{"term": {"sha256": sha256}}]}}}
+        response = self._call("term query", self.client.search, index=self.index_name, body=body)
+        hits = response.get("hits", {}).get("hits", [])
+        return _item(hits[0].get("_source", {})) if hits else None
+
+    def vectors_where(
+        self, filters: dict[str, Any], limit: int = KEYWORD_SAMPLE
+    ) -> tuple[np.ndarray, list[ItemMeta]]:
+        """Stored vectors (one per content, at most ``limit``) of the items passing
+        ``filters`` (a keyword search by tags: a terms query on ``tags``), instead of listing
+        the whole catalogue and asking for each vector."""
+        self.ensure_index()
+        clause = _filter_clause(filters) or {"match_all": {}}
+        rows: list[list[float]] = []
+        items: list[ItemMeta] = []
+        seen: set[str] = set()
+        for hit in self._scan(clause, True):
+            source = hit.get("_source", {})
+            item = _item(source)
+            if item.sha256 in seen or VECTOR_FIELD not in source:
+                continue
+            seen.add(item.sha256)
+            rows.append(source[VECTOR_FIELD])
+            items.append(item)
+            if len(items) >= limit:
+                break
         matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dimension)
         return matrix, items
 
