@@ -10,30 +10,22 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import html
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from search_core.captions import percent, result_caption
-from search_core.crop import box_from_pixels, draw_detections, object_at
+from search_core import presenters as show
+from search_core.crop import object_at
 from search_core.errors import SearchError
 from search_core.factory import get_pipeline
-from search_core.interfaces import EventuallyConsistent
 from search_core.pipeline import WHOLE, AnalyzedImage
+from search_core.presenters import MANUAL
 from search_core.sources import open_source
-from search_core.tags import item_category, item_tags, product_name, short_source
-from search_core.tempstore import jpeg_file
-from search_core.types import Box, SearchHit
-from search_core.uploads import check_upload_path, read_upload, upload_folder
+from search_core.tempstore import no_preview_file, preview_file
+from search_core.uploads import check_upload_path, read_upload
 
-MANUAL = "manual"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "samples" / "queries"
-AOSS_NOTE = (
-    "New images in OpenSearch Serverless become searchable after up to a minute; "
-    "results will appear shortly."
-)
 
 
 class QueryImage(gr.Image):
@@ -59,46 +51,6 @@ class QueryImage(gr.Image):
             raise gr.Error(str(exc), print_exception=False) from None
 
 
-#: Result images, in Gradio's upload folder so that Gradio serves them without copying them and
-#: the temp-folder cap (SEARCH_TEMP_MAX_MB) covers them.
-IMAGE_FILES = upload_folder() / "visual-search-images"
-
-
-def image_file(image: Any, name: str | None = None) -> str:
-    """The image as a JPEG file for an output component, written atomically.
-
-    Why not return the PIL image: Gradio saves it to its cache under a hash of the bytes and
-    rewrites that file in place every time, so when two users get the same preview at once, a
-    download of it can be cut short ("peer closed connection without sending complete message
-    body", seen with 20 users in bench/load.py). A file renamed into place is never seen
-    half-written. ``name`` (a content hash) lets callers skip the encoding when the file
-    already exists.
-    """
-    return str(jpeg_file(IMAGE_FILES, image, name))
-
-
-def preview_file(uri: str, sha256: str) -> str | None:
-    """A result's thumbnail, made once per catalogue image (keyed by its content hash): a
-    search shows a dozen results, and re-reading, decoding and re-encoding each of them on
-    every search cost more CPU than the search itself under load."""
-    cached = IMAGE_FILES / f"preview-{sha256[:40]}.jpg"
-    if cached.exists():
-        return str(cached)
-    preview = get_pipeline().preview(uri)
-    return None if preview is None else image_file(preview, f"preview-{sha256[:40]}")
-
-
-def no_preview_file() -> str:
-    """The neutral stand-in thumbnail of a result whose image may not be shown."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (256, 256), (236, 236, 236))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((48, 72, 208, 184), outline=(170, 170, 170), width=4)
-    draw.text((92, 196), "no preview", fill=(120, 120, 120))
-    return image_file(image, "no-preview")
-
-
 def _analyze(path: str | None) -> AnalyzedImage | None:
     if not path:
         return None
@@ -106,62 +58,27 @@ def _analyze(path: str | None) -> AnalyzedImage | None:
     return pipeline.analyze(read_upload(path, pipeline.settings.max_upload_bytes))
 
 
-def _choices(analyzed: AnalyzedImage | None) -> list[tuple[str, str]]:
-    choices = [("Whole image", WHOLE)]
-    if analyzed is not None:
-        choices += [(analyzed.choice_label(n), str(n)) for n in range(len(analyzed.detections))]
-    choices.append(("Manual box (drag on the photo)", MANUAL))
-    return choices
-
-
-def _parse_box(text: str | None) -> Box | None:
-    """The manual box the page's drag script wrote: "x0,y0,x1,y1" as fractions."""
-    try:
-        x0, y0, x1, y1 = (float(v) for v in (text or "").split(","))
-    except ValueError:
-        return None
-    return box_from_pixels(x0, y0, x1, y1, 1, 1)
-
-
-def _drawn(analyzed: AnalyzedImage, choice: str, box_text: str | None) -> str:
-    """The photo with numbered boxes (captioned with the catalogue's best label where it is a
-    close match), the searched region lit and the rest dimmed."""
-    analyzed = get_pipeline().label_objects(analyzed)  # cached per upload: cheap after the first
-    selected = int(choice) if choice.isdigit() else None
-    region = _parse_box(box_text) if choice == MANUAL else None
-    captions = [analyzed.box_caption(n) for n in range(len(analyzed.detections))]
-    drawing = draw_detections(
-        analyzed.image, analyzed.detections, captions, selected=selected, region=region
-    )
-    return image_file(drawing)
-
-
 def analyze(path: str | None) -> tuple[Any, Any, str]:
     """New query image: detect objects, draw them, preselect the likeliest one (the public
     ``/analyze`` endpoint; the page uses :func:`on_image`)."""
     if not path:
-        return None, gr.update(choices=_choices(None), value=WHOLE), ""
+        return None, gr.update(choices=show.object_choices(None), value=WHOLE), ""
+    pipeline = get_pipeline()
     try:
         analyzed = _analyze(path)
         assert analyzed is not None
         # each object's best catalogue label in the dropdown, and the object (or whole image)
         # that matches the catalogue best preselected
-        analyzed = get_pipeline().label_objects(analyzed)
-        preselected = get_pipeline().auto_object(analyzed)
+        analyzed = pipeline.label_objects(analyzed)
+        preselected = pipeline.auto_object(analyzed)
     except SearchError as exc:
         gr.Warning(str(exc))
-        return None, gr.update(choices=_choices(None), value=WHOLE), f"⚠️ {exc}"
+        return None, gr.update(choices=show.object_choices(None), value=WHOLE), f"⚠️ {exc}"
     value = WHOLE if preselected is None else str(preselected)
-    found = len(analyzed.detections)
-    status = (
-        f"{found} object(s) found; searching with **{_label(analyzed, value)}**."
-        if found
-        else "No objects detected: searching with the whole image (or drag a box on it)."
-    )
     return (
-        _drawn(analyzed, value, None),
-        gr.update(choices=_choices(analyzed), value=value),
-        status,
+        show.drawn_file(pipeline, analyzed, value, None),
+        gr.update(choices=show.object_choices(analyzed), value=value),
+        show.analyze_status(analyzed, value),
     )
 
 
@@ -177,24 +94,22 @@ def on_photo_click(path: str | None, point: str) -> tuple[Any, Any, str]:
     """A click on the photo ("x,y" fractions from the page script) picks the smallest detected
     box under it, or the whole image when it hits none."""
     analyzed = _analyze(path)
-    try:
-        x, y = (float(v) for v in (point or "").split(","))
-    except ValueError:
+    xy = show.parse_point(point)
+    if xy is None or analyzed is None:
         return gr.skip(), gr.skip(), gr.skip()
-    if analyzed is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    number = object_at(analyzed.detections, x, y)
+    number = object_at(analyzed.detections, *xy)
     value = WHOLE if number is None else str(number)
-    return _drawn(analyzed, value, None), gr.update(value=value), ""
+    return show.drawn_file(get_pipeline(), analyzed, value, None), gr.update(value=value), ""
 
 
 def on_drag(path: str | None, box_text: str) -> tuple[Any, Any, str, str]:
     """A drag on the photo is a manual box ("x0,y0,x1,y1" fractions from the page script);
     it is kept in the hidden field so K, filters and the dropdown reuse it."""
     analyzed = _analyze(path)
-    if analyzed is None or _parse_box(box_text) is None:
+    if analyzed is None or show.parse_box(box_text) is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return _drawn(analyzed, MANUAL, box_text), gr.update(value=MANUAL), "", box_text
+    drawn = show.drawn_file(get_pipeline(), analyzed, MANUAL, box_text)
+    return drawn, gr.update(value=MANUAL), "", box_text
 
 
 def on_choice(path: str | None, choice: str, box_text: str) -> tuple[Any, str]:
@@ -202,45 +117,7 @@ def on_choice(path: str | None, choice: str, box_text: str) -> tuple[Any, str]:
     analyzed = _analyze(path)
     if analyzed is None:
         return gr.skip(), ""
-    return _drawn(analyzed, choice, box_text), ""
-
-
-def _filters(category: str | None, tags: list[str] | None, source: str | None) -> dict[str, Any]:
-    filters: dict[str, Any] = {}
-    if category:
-        filters["category"] = category
-    if tags:
-        filters["tags"] = list(tags)
-    if source and source.strip():
-        filters["source_prefix"] = source.strip()
-    return filters
-
-
-def _result_rows(hits: list[SearchHit]) -> tuple[list[tuple[Any, str]], list[dict[str, Any]]]:
-    """Gallery items (thumbnail, caption) and, in the same order, the ids and scores the
-    detail view needs. Only ids travel through the page: the detail view reads everything
-    else from the index again, so an edited page can show nothing but catalogue items. A
-    result whose picture may not be shown keeps its place with a stand-in and the reason."""
-    pipeline = get_pipeline()
-    gallery, rows = [], []
-    for hit in hits:
-        caption = result_caption(hit)
-        preview = preview_file(hit.uri, hit.item.sha256)
-        shown = preview is not None
-        if not shown:  # never drop a result silently: name it and say why it has no picture
-            why = pipeline.preview_refusal(hit.uri) or "the file cannot be read now"
-            preview = no_preview_file()
-            caption = result_caption(hit, no_preview=why)
-        gallery.append((preview, caption))
-        rows.append(
-            {
-                "id": hit.item.sha256,
-                "score": hit.score,
-                "similar": [[s.item.sha256, s.score] for s in hit.similar],
-                "preview": shown,
-            }
-        )
-    return gallery, rows
+    return show.drawn_file(get_pipeline(), analyzed, choice, box_text), ""
 
 
 def _search_view(
@@ -261,60 +138,18 @@ def _search_view(
     try:
         analyzed = _analyze(path)
         if analyzed is None and not (text or "").strip():
-            return [], f"Upload a photo or type {_text_kind()} to search.", [], hide_detail
-        region: Any = choice or WHOLE
-        if choice == MANUAL:
-            region = _parse_box(box_text)
-            if region is None:
-                region = WHOLE
-        elif isinstance(choice, str) and choice.isdigit():
-            # Dropdown values are 0-based detection numbers; as an int the pipeline takes
-            # them as such (a digit *string* means the CLI's 1-based --object N).
-            region = int(choice)
-        filters = _filters(category, tags, source)
+            return [], show.nothing_to_search(pipeline), [], hide_detail
+        region = show.search_region(choice, box_text)
+        filters = show.search_filters(category, tags, source)
         hits = pipeline.search(analyzed, region, k=int(k), text=text or None, filters=filters)
     except SearchError as exc:
         if toast:
             gr.Warning(str(exc))
         return [], f"⚠️ {exc}", [], hide_detail
-    gallery, rows = _result_rows(hits)
-    what = ""
-    if analyzed is not None:
-        if choice == MANUAL and _parse_box(box_text) is not None:
-            what = " for **your manual crop**"
-        elif choice == MANUAL:
-            what = " for **Whole image** (drag on the photo to draw your box)"
-        else:
-            what = f" for **{_label(analyzed, choice)}**"
-    if text:
-        what += f" with {_text_kind(short=True)} “{html.escape(text[:80])}”"
-    note = ""
-    if analyzed is not None and not analyzed.detections:
-        note = "No objects detected: searched the whole photo (drag on it to draw a box). "
-    unshown = sum(1 for row in rows if not row["preview"])
-    return gallery, note + _summary(len(gallery), what, filters, unshown), rows, hide_detail
-
-
-def _text_kind(short: bool = False) -> str:
-    if get_pipeline().embedder.supports_text:
-        return "text" if short else "a text"
-    return "keyword" if short else "a keyword (e.g. banana)"
-
-
-def _summary(shown: int, what: str, filters: dict[str, Any], unshown: int = 0) -> str:
-    pipeline = get_pipeline()
-    count = pipeline.index.count()
-    if shown == 0:
-        if count == 0:
-            return "The index is empty: add images in the Index tab."
-        return "No results" + (" with these filters." if filters else ".")
-    narrowed = ""
-    if filters:
-        narrowed = " (filtered: " + ", ".join(f"{k} {v}" for k, v in filters.items()) + ")"
-    note = f" {AOSS_NOTE}" if _eventually_consistent() else ""
-    if unshown:
-        note += f" {unshown} result(s) shown without a preview (see their captions)."
-    return f"Top {shown} of {count} indexed images{what}{narrowed}.{note}"
+    gallery, rows = show.result_rows(pipeline, hits)
+    what = show.photo_search_what(pipeline, analyzed, choice, box_text, text)
+    status = show.no_objects_note(analyzed) + show.summary(pipeline, what, filters, rows)
+    return gallery, status, rows, hide_detail
 
 
 def run_search(
@@ -391,19 +226,15 @@ def more_like_this(
 ) -> tuple[Any, str, list[dict[str, Any]], Any]:
     """Searches with the catalogue item's stored vector: no upload, no embedding."""
     pipeline = get_pipeline()
-    filters = _filters(category, tags, source)
+    filters = show.search_filters(category, tags, source)
     try:
         item = pipeline.item(item_id)
         hits = pipeline.search_by_item(item_id, int(k), filters or None)
     except SearchError as exc:
         gr.Warning(str(exc))
         return gr.skip(), f"⚠️ {exc}", gr.skip(), gr.skip()
-    gallery, rows = _result_rows(hits)
-    name = product_name(item.label, item.uri) if item else item_id[:12]
-    source_text = f" ({html.escape(short_source(item.uri))})" if item else ""
-    what = f" like **{html.escape(name)}**{source_text}"
-    unshown = sum(1 for row in rows if not row["preview"])
-    summary = _summary(len(gallery), what, filters, unshown)
+    gallery, rows = show.result_rows(pipeline, hits)
+    summary = show.summary(pipeline, show.like_what(item, item_id), filters, rows)
     return gallery, summary, rows, gr.update(visible=False)
 
 
@@ -417,22 +248,8 @@ def open_result(rows: Any, evt: gr.SelectData) -> tuple[Any, Any, str, str]:
     item = pipeline.item(str(row.get("id", "")))
     if item is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    preview = preview_file(item.uri, item.sha256) or no_preview_file()
-    score = float(row.get("score", 0.0))
-    lines = [
-        f"### {html.escape(product_name(item.label, item.uri))} · {percent(score)} match",
-        f"**Source:** `{item.uri}`",
-        f"**Size:** {item.width} × {item.height} px · {item.size_bytes / 1024:.0f} KB",
-        f"**Label:** {html.escape(item.label or '—')} · **Category:** "
-        f"{html.escape(item_category(item) or '—')}",
-        f"**Tags:** {html.escape(', '.join(item_tags(item)) or '—')}",
-    ]
-    similar = [(pipeline.item(str(sha)), float(s)) for sha, s in row.get("similar", [])]
-    similar = [(other, s) for other, s in similar if other is not None]
-    if similar:
-        lines.append(f"**+{len(similar)} near-duplicate(s) folded in:**")
-        lines += [f"- `{other.uri}` · {percent(s)}" for other, s in similar]
-    return gr.update(visible=True), preview, "\n\n".join(lines), item.sha256
+    preview = preview_file(item.uri, item.sha256, pipeline.preview) or no_preview_file()
+    return gr.update(visible=True), preview, show.detail_text(pipeline, item, row), item.sha256
 
 
 def close_detail() -> Any:
@@ -445,96 +262,17 @@ def refresh_filters() -> tuple[Any, Any]:
     return gr.update(choices=facets["category"]), gr.update(choices=facets["tags"])
 
 
-def _label(analyzed: AnalyzedImage, value: str) -> str:
-    return {v: label for label, v in _choices(analyzed)}.get(value, value)
-
-
-def _eventually_consistent() -> bool:
-    """OpenSearch Serverless shows new documents only after up to a minute."""
-    index = get_pipeline().index
-    return isinstance(index, EventuallyConsistent) and index.serverless
-
-
 # -- Index tab ---------------------------------------------------------------------------------
-
-
-def _progress_html(job: dict[str, Any] | None) -> str:
-    if not job:
-        return "<div id='index-progress-text'>No indexing job yet.</div>"
-    total = max(job["total"], 1)
-    percent = 100.0 * job["done"] / total if job["total"] else 0.0
-    return (
-        f"<div id='index-progress-text'>{html.escape(job['state'])}: {job['done']} / "
-        f"{job['total']} files ({percent:.0f} %) — {html.escape(job['source'])}</div>"
-        f"<progress max='100' value='{percent:.1f}' style='width:100%'></progress>"
-    )
-
-
-def _duplicates_note(job: dict[str, Any]) -> str:
-    """Names the skipped duplicates and what they duplicate (a count alone sends people
-    looking through folders)."""
-    files = job.get("duplicate_files") or []
-    if not files:
-        return ""
-    pipeline = get_pipeline()
-    lines = []
-    for entry in files[:5]:
-        original = pipeline.item(entry["sha256"])
-        same = f" (same content as `{original.uri}`)" if original else ""
-        lines.append(f"- `{entry['uri']}`{same}")
-    more = f"\n- … and {len(files) - 5} more" if len(files) > 5 else ""
-    return "\n\n**Skipped as duplicate:**\n" + "\n".join(lines) + more
-
-
-#: near-duplicate pairs found after each finished job (job id -> Markdown), computed once
-_NEAR_DUPLICATES: dict[str, str] = {}
-#: the all-pairs check is O(N²): above this many items the Index tab leaves it to the CLI
-UI_NEAR_DUPLICATE_LIMIT = 5_000
-
-
-def _near_duplicates_note(job: dict[str, Any]) -> str:
-    """After a job that added images: the catalogue's near-duplicate pairs (first five)."""
-    if job["state"] != "finished" or not job["indexed"]:
-        return ""
-    if job["id"] not in _NEAR_DUPLICATES:
-        pairs = get_pipeline().near_duplicate_pairs(max_items=UI_NEAR_DUPLICATE_LIMIT)
-        lines = [f"- `{a}` ~ `{b}` ({percent(score)})" for a, b, score in pairs[:5]]
-        more = f"\n- … and {len(pairs) - 5} more" if len(pairs) > 5 else ""
-        _NEAR_DUPLICATES[job["id"]] = (
-            f"\n\n**Near-duplicates in the catalogue:** {len(pairs)} pair(s)\n"
-            + "\n".join(lines)
-            + more
-            if pairs
-            else ""
-        )
-    return _NEAR_DUPLICATES[job["id"]]
 
 
 def _job_view() -> tuple[str, str, list[list[str]], dict[str, Any], Any]:
     pipeline = get_pipeline()
     latest = pipeline.jobs.latest()
     job = latest.to_dict() if latest else None
-    if job:
-        not_an_image = sum(1 for f in job["failures"] if f["reason"].startswith("not an image"))
-        failed = f"**failed** {job['failed']}"
-        if not_an_image:
-            failed += f" ({not_an_image} not an image)"
-        counts = (
-            f"**Indexed** {job['indexed']} · **unchanged** {job['unchanged']} · "
-            f"**skipped as duplicate** {job['duplicates']} · "
-            f"**other files skipped** {job['not_images']} · {failed} · "
-            f"**pruned** {job['pruned']} · {job['seconds']:.1f} s"
-        )
-        counts += _duplicates_note(job) + _near_duplicates_note(job)
-        if job["error"]:
-            counts += f"\n\n⚠️ {job['error']}"
-        elif job["indexed"] and _eventually_consistent():
-            counts += f"\n\nℹ️ {AOSS_NOTE}"
-        failures = [[f["uri"], f["reason"]] for f in job["failures"]]
-    else:
-        counts, failures = "", []
+    counts = show.job_counts(pipeline, job) if job else ""
+    failures = show.job_failures(job) if job else []
     running = bool(latest and latest.running)
-    return _progress_html(job), counts, failures, pipeline.stats(), gr.update(active=running)
+    return show.progress_html(job), counts, failures, pipeline.stats(), gr.update(active=running)
 
 
 def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], dict, Any]:
@@ -544,12 +282,8 @@ def start_index(source: str, prune: bool) -> tuple[str, str, list[list[str]], di
         pipeline.jobs.start(source.strip(), prune=prune)
     except SearchError as exc:  # outside the roots, bad S3 URI, a job already running
         gr.Warning(str(exc))
-        # Not the previous job's (green) bar: nothing was started.
-        refused = (
-            _progress_html(None)
-            if pipeline.jobs.latest() is None
-            else "<div id='index-progress-text'>Not started (see below).</div>"
-        )
+        first = pipeline.jobs.latest() is None
+        refused = show.progress_html(None) if first else show.NOT_STARTED_HTML
         return refused, f"⚠️ {exc}", [], pipeline.stats(), gr.update(active=False)
     return _job_view()
 
@@ -563,10 +297,10 @@ def reset_index(confirmed: bool) -> tuple[dict[str, Any], Any, str]:
     pipeline = get_pipeline()
     if not confirmed:
         return pipeline.stats(), gr.update(), "Tick the box to confirm the reset."
-    if pipeline.jobs.active() is not None:
-        return pipeline.stats(), gr.update(value=False), "Stop the running job first."
-    removed = pipeline.index.count()
-    pipeline.index.reset()
+    try:
+        removed = pipeline.reset()
+    except SearchError as exc:  # a job is running
+        return pipeline.stats(), gr.update(value=False), str(exc)
     return pipeline.stats(), gr.update(value=False), f"Removed {removed} item(s)."
 
 
@@ -632,7 +366,7 @@ def build_demo() -> gr.Blocks:
                     )
                     choice = gr.Dropdown(
                         label="Object (or click it on the photo)",
-                        choices=_choices(None),
+                        choices=show.object_choices(None),
                         value=WHOLE,
                         elem_id="object-choice",
                         interactive=True,
@@ -810,7 +544,7 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 start = gr.Button("Start indexing", variant="primary", elem_id="index-start")
                 stop = gr.Button("Stop", elem_id="index-stop")
-            progress = gr.HTML(_progress_html(None), elem_id="index-progress")
+            progress = gr.HTML(show.progress_html(None), elem_id="index-progress")
             counts = gr.Markdown(elem_id="index-counts")
             failures = gr.Dataframe(
                 headers=["file", "reason"],

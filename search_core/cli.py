@@ -281,7 +281,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
             print("nothing removed", file=sys.stderr)
             _print_json({"removed": 0, "count": before})
             return 1
-    pipeline.index.reset()
+    before = pipeline.reset()
     print(f"removed {before} item(s)", file=sys.stderr)
     _print_json({"removed": before, "count": pipeline.index.count()})
     return 0

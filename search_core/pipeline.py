@@ -405,6 +405,15 @@ class SearchPipeline(CatalogueRelevance):
         self.jobs.start(str(sample))
         return True
 
+    def reset(self) -> int:
+        """Removes every item and returns how many there were. Refused while an indexing job
+        runs: it would keep writing into the emptied index."""
+        if self.jobs.active() is not None:
+            raise SearchError("Stop the running job first.")
+        removed = self.index.count()
+        self.index.reset()
+        return removed
+
     def preview(self, uri: str, max_side: int = 384) -> Image.Image | None:
         """A small image of a result for the gallery; None if it may not be shown (see
         :meth:`preview_refusal`) or the file went away.

@@ -130,3 +130,50 @@ class TempSweeper:
                 self.sweep(wait=True)
             except Exception:  # never let housekeeping kill the server
                 log.exception("temp sweep failed")
+
+
+# -- Result images for the web page ------------------------------------------------------------
+
+
+def image_folder() -> Path:
+    """Where result images go: in Gradio's upload folder, so that Gradio serves them without
+    copying them and the temp-folder cap (SEARCH_TEMP_MAX_MB) covers them."""
+    from search_core.uploads import upload_folder
+
+    return upload_folder() / "visual-search-images"
+
+
+def image_file(image: Any, name: str | None = None) -> str:
+    """The image as a JPEG file for an output component, written atomically.
+
+    Why not return the PIL image: Gradio saves it to its cache under a hash of the bytes and
+    rewrites that file in place every time, so when two users get the same preview at once, a
+    download of it can be cut short ("peer closed connection without sending complete message
+    body", seen with 20 users in bench/load.py). A file renamed into place is never seen
+    half-written. ``name`` (a content hash) lets callers skip the encoding when the file
+    already exists.
+    """
+    return str(jpeg_file(image_folder(), image, name))
+
+
+def preview_file(uri: str, sha256: str, render: Callable[[str], Any]) -> str | None:
+    """A result's thumbnail, made once per catalogue image (keyed by its content hash) with
+    ``render(uri)`` (None: may not be shown): a search shows a dozen results, and re-reading,
+    decoding and re-encoding each of them on every search cost more CPU than the search
+    itself under load."""
+    cached = image_folder() / f"preview-{sha256[:40]}.jpg"
+    if cached.exists():
+        return str(cached)
+    preview = render(uri)
+    return None if preview is None else image_file(preview, f"preview-{sha256[:40]}")
+
+
+def no_preview_file() -> str:
+    """The neutral stand-in thumbnail of a result whose image may not be shown."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (236, 236, 236))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((48, 72, 208, 184), outline=(170, 170, 170), width=4)
+    draw.text((92, 196), "no preview", fill=(120, 120, 120))
+    return image_file(image, "no-preview")
