@@ -324,8 +324,9 @@ def test_app_finds_each_awkward_image_itself(
                                          api_name="/search")
         assert gallery, (case.name, status)
         caption = gallery[0]["caption"]
-        # "name · score %\n…/folder/file": the very file, at 100 %
-        assert " · 100 %" in caption and caption.endswith(f"{folder.name}/{case.name}"), (
+        # "name · score %\n…/folder/file\ntags: …": the very file, at 100 %
+        source_line = caption.split("\n")[1]
+        assert " · 100 %" in caption and source_line.endswith(f"{folder.name}/{case.name}"), (
             case.name, caption)
 
 
@@ -352,8 +353,8 @@ def test_app_non_utf8_file_name(app: AppServer, client, app_indexed: dict,
                "meta": {"_type": "gradio.FileData"}}
     gallery, status = client.predict(payload, "whole", 3, "", 0, 0, 100, 100, api_name="/search")
     assert gallery, status
-    caption = gallery[0]["caption"]  # "name · score %\n…/folder/file"
-    assert caption.endswith(_uri(name, folder).rsplit("/", 2)[-1]), caption
+    caption = gallery[0]["caption"]  # "name · score %\n…/folder/file\ntags: …"
+    assert caption.split("\n")[1].endswith(_uri(name, folder).rsplit("/", 2)[-1]), caption
 
 
 def test_app_refuses_a_60_mb_upload(app: AppServer, client,
