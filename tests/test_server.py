@@ -160,8 +160,8 @@ def test_search_through_gradio_client(server: AppProcess) -> None:
     )
     assert len(gallery) == 5, status
     top = gallery[0]["caption"]
-    assert top.endswith("Asparagus/Asparagus_002.jpg"), top
-    assert top.startswith("Asparagus · 100 %"), top  # "name · score %\n…/folder/file"
+    assert top.split("\n")[1].endswith("Asparagus/Asparagus_002.jpg"), top
+    assert top.startswith("Asparagus · 100 %"), top  # "name · score %\n…/folder/file\ntags…"
     assert Path(gallery[0]["image"]).is_file()
 
 
