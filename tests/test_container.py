@@ -139,7 +139,7 @@ def test_container_serves_health_and_search(container: tuple[str, str]) -> None:
     )
     assert gallery, status
     top = gallery[0]["caption"]
-    assert top.endswith("Asparagus/Asparagus_002.jpg"), top
+    assert top.split("\n")[1].endswith("Asparagus/Asparagus_002.jpg"), top  # name, source, tags
     assert top.startswith("Asparagus · 100 %"), top  # "name · score %\n…/folder/file"
 
 
