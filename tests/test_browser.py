@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_server import AppProcess, _wait_indexed
+from test_server import AppProcess, indexed_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -21,15 +21,8 @@ SCREENSHOT = os.environ.get("SEARCH_SCREENSHOT", "")
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
-    server = AppProcess(tmp_path_factory.mktemp("browser")).start()
-    try:
-        server.wait_for("/healthz", 200)
-        from gradio_client import Client
-
-        _wait_indexed(Client(server.url + "/", verbose=False))
+    with indexed_app(tmp_path_factory.mktemp("browser")) as server:
         yield server
-    finally:
-        server.kill()
 
 
 def test_upload_pick_object_and_see_results(app: AppProcess, scenes: Path, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_server import AppProcess, _wait_indexed
+from test_server import AppProcess, indexed_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,15 +26,8 @@ SCREENSHOT = os.environ.get("SEARCH_SCREENSHOT", "")
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
-    server = AppProcess(tmp_path_factory.mktemp("lens")).start()
-    try:
-        server.wait_for("/healthz", 200)
-        from gradio_client import Client
-
-        _wait_indexed(Client(server.url + "/", verbose=False))
+    with indexed_app(tmp_path_factory.mktemp("lens")) as server:
         yield server
-    finally:
-        server.kill()
 
 
 def _until(check: Any, what: str, timeout: float = 60.0) -> None:

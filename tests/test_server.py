@@ -3,6 +3,7 @@ and PORT from the environment. Real models, the real sample catalogue, real HTTP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,6 +128,21 @@ def _wait_indexed(client: object) -> str:
             return progress
         time.sleep(1)
     pytest.fail(f"sample indexing did not finish: {progress}")
+
+
+@contextlib.contextmanager
+def indexed_app(folder: Path) -> Iterator[AppProcess]:
+    """A started app whose first-start sample indexing has finished (the browser tests'
+    starting point: a catalogue to search right away)."""
+    server = AppProcess(folder).start()
+    try:
+        server.wait_for("/healthz", 200)
+        from gradio_client import Client
+
+        _wait_indexed(Client(server.url + "/", verbose=False))
+        yield server
+    finally:
+        server.kill()
 
 
 # --------------------------------------------------------------------------- live server
