@@ -232,7 +232,7 @@ class Settings:
     # -- local backends ---------------------------------------------------------------------
     data_dir: Path = setting("SEARCH_DATA_DIR", "./data", "Local data directory: the local index and its metadata.", parse=_path, value=Path("./data"))
     detector: str = setting("SEARCH_DETECTOR", "local", "`local` (SSD + NanoDet, ONNX), `rekognition`, or `none`.", parse=_lower, choices=("local", "rekognition", "none"))
-    embedder: str = setting("SEARCH_EMBEDDER", "efficientnet", "`efficientnet` (offline default), `clip` (transformers, downloads weights), or `titan` (Bedrock).", parse=_lower, choices=("efficientnet", "clip", "titan"))
+    embedder: str = setting("SEARCH_EMBEDDER", "efficientnet", "`efficientnet` (offline default: EfficientNet-Lite0 + Lite2, 2560-d), `efficientnet-lite0` (offline, Lite0 alone: ~3x less compute, 1280-d, lower Recall@1), `clip` (transformers, downloads weights), or `titan` (Bedrock).", parse=_lower, choices=("efficientnet", "efficientnet-lite0", "clip", "titan"))
     index: str = setting("SEARCH_INDEX", "local", "`local` (NumPy exact / FAISS HNSW in SEARCH_DATA_DIR) or `opensearch`.", parse=_lower, choices=("local", "opensearch"))
     models_dir: Path = setting("SEARCH_MODELS_DIR", str(MODELS_DIR), "Folder holding the converted ONNX files and SHA256SUMS.", parse=_path, shown="./models")
     onnx_threads: int = setting("SEARCH_ONNX_THREADS", "0", "ONNX Runtime intra-op threads (0 = one per core).", parse=_int)

@@ -46,6 +46,17 @@ def _rekognition_detector(settings: Settings) -> Detector:
 
 
 def _efficientnet_embedder(settings: Settings) -> Embedder:
+    from search_core.models.efficientnet import EfficientNetPairEmbedder
+
+    return EfficientNetPairEmbedder(
+        settings.models_dir,
+        threads=settings.onnx_threads,
+        batch_size=settings.batch_size,
+        crop_fraction=settings.view_crop,
+    )
+
+
+def _efficientnet_lite0_embedder(settings: Settings) -> Embedder:
     from search_core.models.efficientnet import EfficientNetEmbedder
 
     return EfficientNetEmbedder(
@@ -94,6 +105,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector | None]] = {
 #: SEARCH_EMBEDDER -> builder
 EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "efficientnet": _efficientnet_embedder,
+    "efficientnet-lite0": _efficientnet_lite0_embedder,
     "clip": _clip_embedder,
     "titan": _titan_embedder,
 }

