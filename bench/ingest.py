@@ -27,7 +27,10 @@ from search_core import adaptation
 from search_core.images import load_image
 from search_core.indexing import DEFAULT_WORKER_NICENESS, Indexer, default_workers
 from search_core.local_index import LocalIndex
-from search_core.models.efficientnet import EfficientNetEmbedder, preprocess
+from search_core.models.efficientnet import (
+    EfficientNetEmbedder,
+    EfficientNetPairEmbedder,
+)
 from search_core.sources import FolderSource
 from search_core.types import SourceEntry
 
@@ -52,7 +55,7 @@ def model_throughput(embedder: EfficientNetEmbedder, files: list[Path], batch_si
     spent = 0.0
     for start in range(0, len(files), batch_size):
         images = [load_image(f.read_bytes()) for f in files[start : start + batch_size]]
-        tensor = preprocess(images)
+        tensor = embedder.preprocess(images)
         began = time.perf_counter()
         embedder.forward(tensor)
         spent += time.perf_counter() - began
@@ -74,14 +77,15 @@ def ingest_run(
 
 def measure(
     folder: Path, files: list[Path], *, batch_size: int, workers: int, threads: int,
-    niceness: int = DEFAULT_WORKER_NICENESS, rounds: int = 4,
-) -> dict[str, float | int]:
+    niceness: int = DEFAULT_WORKER_NICENESS, rounds: int = 4, model: str = "efficientnet",
+) -> dict[str, float | int | str]:
     """Alternates model-only and ingest passes over the same chunks of files (model first in
     even rounds, ingest first in odd ones), so a machine whose load drifts during the run
     weighs on both figures alike; the ratio is of the summed throughputs."""
-    embedder = EfficientNetEmbedder(REPO / "models", threads=threads, batch_size=batch_size)
+    kind = EfficientNetEmbedder if model == "efficientnet-lite0" else EfficientNetPairEmbedder
+    embedder = kind(REPO / "models", threads=threads, batch_size=batch_size)
     embedder.load()
-    embedder.forward(preprocess([load_image(f.read_bytes()) for f in files[:batch_size]]))
+    embedder.forward(embedder.preprocess([load_image(f.read_bytes()) for f in files[:batch_size]]))
     chunk = -(-len(files) // rounds)
     model_images = model_seconds = ingest_images = ingest_seconds = 0.0
     per_round = []
@@ -112,6 +116,7 @@ def measure(
     ingest = ingest_images / ingest_seconds
     model = model_images / model_seconds
     return {
+        "embedder": embedder.model_id,
         "batch_size": batch_size,
         "workers": workers,
         "worker_niceness": niceness,
@@ -138,6 +143,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--threads", type=int, default=int(env("SEARCH_ONNX_THREADS", "0")))
     parser.add_argument("--sweep", action="store_true", help="also try other settings")
+    parser.add_argument("--embedder", default="efficientnet",
+                        choices=("efficientnet", "efficientnet-lite0"),
+                        help="SEARCH_EMBEDDER value to measure (default: the default)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating passes")
     args = parser.parse_args()
 
@@ -152,13 +160,14 @@ def main() -> None:
     rows = []
     for batch_size, workers, threads in configs:
         rows.append(measure(folder, files, batch_size=batch_size, workers=workers,
-                            threads=threads, rounds=rounds))
+                            threads=threads, rounds=rounds, model=args.embedder))
     if args.sweep:  # preparation threads at normal priority, for comparison
         rows.append(measure(folder, files, batch_size=args.batch_size, workers=args.workers,
-                            threads=args.threads, niceness=0, rounds=rounds))
+                            threads=args.threads, niceness=0, rounds=rounds,
+                            model=args.embedder))
     header = ["batch", "workers", "nice", "onnx threads", "images", "ingest img/s",
               "model img/s", "ratio", "ratio per round", "+ adaptation fit s", "ratio with fit"]
-    print(f"folder {folder} ({len(files)} images)")
+    print(f"folder {folder} ({len(files)} images), embedder {rows[0]['embedder']}")
     print(table([[r["batch_size"], r["workers"], r["worker_niceness"], r["onnx_threads"],
                   r["images"], r["images_per_s"], r["model_images_per_s"], r["ratio"],
                   " ".join(map(str, r["ratio_per_round"])), r["adaptation_fit_s"],

@@ -60,8 +60,8 @@ MAX_VALIDATION_QUERIES = 2000
 MAX_ITEMS = 200_000
 #: the held-out Recall@1 must improve by at least this much for the projection to be used
 MIN_GAIN = 0.01
-#: share of each label's images held out for validation (a contiguous run in URI order, since
-#: neighbouring files are often shots of one session and would flatter the validation)
+#: share of each label's images held out for validation: the ones least like the rest of their
+#: label (see :func:`held_out_mask`)
 HELD_OUT = 0.25
 #: refit when this share of the catalogue changed since the last fit (or a label is new)
 REFIT_FRACTION = 0.1
@@ -190,10 +190,19 @@ def _fit_low_rank(
 
 
 def held_out_mask(
-    labels: Sequence[str], uris: Sequence[str], share: float = HELD_OUT
+    vectors: np.ndarray, labels: Sequence[str], share: float = HELD_OUT
 ) -> np.ndarray:
-    """Per label with >= 2 images: the last ``share`` of its images in URI order (at least one,
-    always leaving one in the catalogue part)."""
+    """Per label with >= 2 images: the ``share`` of its images least like the rest of the label
+    (lowest best cosine to another image of the label; at least one, always leaving one in the
+    catalogue part).
+
+    Why not a random or a last-in-file-order share: a catalogue's photos of one product are
+    mostly shots of a few sessions, so a held-out photo then has a near-twin left in the
+    catalogue part and every candidate wins (GroceryStore train/: 0.97-0.985 Recall@1 with or
+    without a projection, so the projection was switched off although it takes real queries
+    from 0.60 to 0.85). The least-alike photos look like what users send, new shots
+    (median best same-class cosine 0.79 against 0.74 for GroceryStore val/ photos and 0.88 for
+    a contiguous quarter). Per label only, so the cost is the sum of squared label sizes."""
     by_label: dict[str, list[int]] = {}
     for position, label in enumerate(labels):
         by_label.setdefault(label, []).append(position)
@@ -201,9 +210,11 @@ def held_out_mask(
     for positions in by_label.values():
         if len(positions) < 2:
             continue
-        ordered = sorted(positions, key=lambda p: uris[p])
-        take = min(len(ordered) - 1, max(1, round(len(ordered) * share)))
-        mask[ordered[-take:]] = True
+        members = np.asarray(positions)
+        block = vectors[members] @ vectors[members].T
+        np.fill_diagonal(block, -np.inf)
+        take = min(len(members) - 1, max(1, round(len(members) * share)))
+        mask[members[np.argsort(block.max(axis=1), kind="stable")[:take]]] = True
     return mask
 
 
@@ -312,8 +323,7 @@ def _fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, require_
     if sum(1 for n in counts.values() if n >= 2) < 2 or repeated < MIN_ITEMS:
         return finish(None, "plain", f"too few images per label to learn from ({repeated} "
                       f"images in labels with 2+ images; needs {MIN_ITEMS} in 2+ labels)")
-    uris = [item.uri for item in items]
-    held = held_out_mask(labels, uris)
+    held = held_out_mask(vectors, labels)
     label_array = np.asarray(labels)
     train = vectors[~held]
     projection = fit_projection(train, label_array[~held])
