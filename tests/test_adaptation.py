@@ -19,8 +19,12 @@ from search_core.factory import build_index, build_pipeline
 from search_core.pipeline import SearchPipeline
 from search_core.types import ItemMeta
 
+#: Five apple varieties among other produce: the power-normalised default embedder already
+#: separates the distinct products (plain held-out Recall@1 0.95 on the first ten alone, nothing
+#: left to gain), so the catalogue needs the look-alikes that adaptation is for.
 CLASSES = ("Banana", "Granny-Smith", "Pink-Lady", "Lemon", "Vine-Tomato", "Yellow-Onion",
-           "Green-Bell-Pepper", "Arla-Standard-Milk", "Oatly-Natural-Oatghurt", "Kiwi")
+           "Green-Bell-Pepper", "Arla-Standard-Milk", "Oatly-Natural-Oatghurt", "Kiwi",
+           "Golden-Delicious", "Red-Delicious", "Royal-Gala")
 PER_CLASS = 6
 
 
@@ -60,7 +64,7 @@ def test_labelled_catalogue_is_fitted_validated_and_saved(labelled: SearchPipeli
     # it is used exactly when it won on the held-out catalogue images
     gain = report["recall1_adapted"] - report["recall1_plain"]
     assert (report["status"] == "active") == (gain >= adaptation.MIN_GAIN)
-    assert report["status"] == "active", report  # measured: 0.63 -> 0.93 on this catalogue
+    assert report["status"] == "active", report  # measured: 0.85 -> 0.92 on this catalogue
     assert 0 < report["dims"] <= adaptation.MAX_DIMS
     assert 0 < report["no_match_threshold"] < 1
     assert labelled.adapter.path.is_file()
@@ -258,13 +262,21 @@ def test_the_view_crop_is_part_of_the_model_id_and_of_the_pixels() -> None:
     from PIL import Image
 
     from search_core.config import Settings
-    from search_core.models.efficientnet import DEFAULT_CROP_FRACTION, model_id_for, preprocess
+    from search_core.models.efficientnet import (
+        DEFAULT_CROP_FRACTION,
+        LITE0,
+        model_id_for,
+        preprocess,
+    )
 
-    assert model_id_for(0.875) == "efficientnet-lite0"  # indexes built before keep their id
-    assert model_id_for(0.7) == "efficientnet-lite0-c70"
+    # every view has its own id; the ids of indexes built before the power normalisation
+    # (``efficientnet-lite0`` at 87.5 %, ``efficientnet-lite0-c80``) are never produced again
+    assert model_id_for(0.875) == "efficientnet-lite0-lite2-c88-sqrt"
+    assert model_id_for(0.7) == "efficientnet-lite0-lite2-c70-sqrt"
+    assert model_id_for(0.7, LITE0) == "efficientnet-lite0-c70-sqrt"
     # the default chosen by `bench/quality.py --select-crop`, the same in the model and settings
     assert Settings().view_crop == DEFAULT_CROP_FRACTION == 0.8
-    assert model_id_for(DEFAULT_CROP_FRACTION) == "efficientnet-lite0-c80"
+    assert model_id_for(DEFAULT_CROP_FRACTION) == "efficientnet-lite0-lite2-c80-sqrt"
     # a 400 px wide image whose outer 15 % on each side is red: the 70 % view sees no red
     image = Image.new("RGB", (400, 400), (255, 0, 0))
     image.paste((0, 0, 255), (60, 60, 340, 340))

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from test_server import AppProcess
 
+from search_core.config import Settings
+from search_core.factory import build_embedder
+
 pytestmark = pytest.mark.slow
 
 
@@ -94,7 +97,9 @@ def test_index_tab_then_search_objects(client_and_dirs: tuple, grocery: Path, sc
     assert [row[1] for row in failures["data"]] == ["not an image: an HTML page"]
     stats = _json(stats)
     # 19 photos plus the copy, which the index keeps as a second name of the same content
-    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c80"
+    # the app runs the embedder its environment selects (by default Lite0 + Lite2)
+    embedder = build_embedder(Settings.from_env())
+    assert stats["count"] == 20 and stats["embedder"] == embedder.model_id
 
     # Analyse: boxes drawn, dropdown with numbered objects plus whole image and manual crop.
     drawn, dropdown, message = client.predict(

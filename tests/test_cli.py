@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from search_core.config import Settings
+from search_core.factory import build_embedder
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -55,8 +58,10 @@ def test_index_stats_search_reset(cli_env: dict[str, str], corpus: Path, grocery
     assert summary["indexed"] == 20 and summary["failed"] == 1
 
     stats = last_json(run_cli("stats", env=cli_env).stdout)
-    assert stats["count"] == 20 and stats["embedder"] == "efficientnet-lite0-c80"
-    assert stats["dimension"] == 1280
+    # the embedder the CLI's environment selects (by default Lite0 + Lite2, 2560-d)
+    embedder = build_embedder(Settings.from_env(cli_env))
+    assert stats["count"] == 20 and stats["embedder"] == embedder.model_id
+    assert stats["dimension"] == embedder.dimension
 
     query = next(grocery.glob("val/**/Banana/*.jpg"))
     searched = run_cli("search", str(query), "--k", "3", "--object", "whole", env=cli_env)

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from helpers import GROCERY, REPO
 
+from search_core.config import Settings
+from search_core.factory import build_embedder
+
 APPLES = GROCERY / "train" / "Fruit" / "Apple"
 KILL_AT = (0.25, 0.6)  # fractions of the corpus after which the running CLI is killed
 DEADLINE_S = 300.0
@@ -86,7 +89,9 @@ def test_kill_9_during_indexing_then_rerun(tmp_path: Path) -> None:
     assert len(rows) == total  # nothing lost ...
     assert len(set(uris)) == total and len({sha for _, sha, _ in rows}) == total  # ... or doubled
     assert set(uris) == {str(p) for p in files}
-    assert {length for _, _, length in rows} == {1280 * 4}
+    # whole float32 vectors of the embedder the CLI ran (by default Lite0 + Lite2, 2560-d)
+    dimension = build_embedder(Settings.from_env(_env(data))).dimension
+    assert {length for _, _, length in rows} == {dimension * 4}
 
     again = subprocess.run([sys.executable, "-m", "search_core", "stats"], cwd=REPO,
                            env=_env(data), capture_output=True, text=True, timeout=120)

@@ -19,7 +19,9 @@ import pytest
 from helpers import GROCERY, REPO
 
 from search_core.config import Settings
+from search_core.factory import build_embedder
 from search_core.indexing import Indexer
+from search_core.interfaces import Embedder
 from search_core.local_index import LocalIndex
 from search_core.models.efficientnet import EfficientNetEmbedder
 from search_core.pipeline import SearchPipeline
@@ -51,11 +53,19 @@ def _rows(db: Path) -> list[tuple[str, str, int]]:
         return conn.execute("SELECT uri, sha256, length(vector) FROM items").fetchall()
 
 
-def _assert_exactly_once(rows: list[tuple[str, str, int]], files: list[Path]) -> None:
+def _assert_exactly_once(rows: list[tuple[str, str, int]], files: list[Path],
+                         dimension: int) -> None:
     assert len(rows) == len(files)
     assert {uri for uri, _, _ in rows} == {str(p) for p in files}
     assert len({sha for _, sha, _ in rows}) == len(files)
-    assert {length for _, _, length in rows} == {1280 * 4}
+    assert {length for _, _, length in rows} == {dimension * 4}  # whole float32 vectors
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    """The embedder this environment selects: the CLI runs below build the same one (their
+    environment differs only in data, detector and batch settings)."""
+    return build_embedder(Settings.from_env())
 
 
 # ----------------------------------------------------------------- a real full disk (tmpfs)
@@ -74,7 +84,7 @@ def small_disk(tmp_path: Path) -> Any:
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_disk_full_while_saving_then_rerun(small_disk: Path) -> None:
+def test_disk_full_while_saving_then_rerun(small_disk: Path, embedder: Embedder) -> None:
     files = sorted(p for p in _require(APPLES).rglob("*") if p.is_file())
     data = small_disk / "data"
     full = _cli("index", str(APPLES), data=data, roots=APPLES)
@@ -97,14 +107,15 @@ def test_disk_full_while_saving_then_rerun(small_disk: Path) -> None:
     resumed = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert resumed["unchanged"] == summary["indexed"]
     assert resumed["indexed"] + resumed["unchanged"] == len(files)
-    _assert_exactly_once(_rows(data / "index.sqlite3"), files)
+    _assert_exactly_once(_rows(data / "index.sqlite3"), files, embedder.dimension)
 
 
-def test_disk_full_while_saving_the_search_graph_then_rerun(small_disk: Path,
-                                                            tmp_path: Path) -> None:
-    """Issue 10: the rows fit on the 1 MiB disk, the HNSW graph (1280x256 projection alone is
-    1.3 MB) does not. One error line, the summary still printed, the temp file removed, and
-    the rerun on a grown disk builds the graph although nothing is left to embed."""
+def test_disk_full_while_saving_the_search_graph_then_rerun(small_disk: Path, tmp_path: Path,
+                                                            embedder: Embedder) -> None:
+    """Issue 10: the rows fit on the 1 MiB disk, the HNSW graph (its 256-d projection of the
+    vectors alone is 1.3 MB for 1280-d, 2.6 MB for 2560-d) does not. One error line, the
+    summary still printed, the temp file removed, and the rerun on a grown disk builds the
+    graph although nothing is left to embed."""
     folder, files = _corpus(tmp_path, 20)
     data = small_disk / "data"
     full = _cli("index", str(folder), data=data, roots=tmp_path, SEARCH_HNSW_THRESHOLD="5")
@@ -114,7 +125,7 @@ def test_disk_full_while_saving_the_search_graph_then_rerun(small_disk: Path,
     assert "search graph" in errors[0] and "disk is full" in errors[0], errors
     summary = json.loads(full.stdout.strip().splitlines()[-1])
     assert summary["indexed"] == len(files)
-    _assert_exactly_once(_rows(data / "index.sqlite3"), files)
+    _assert_exactly_once(_rows(data / "index.sqlite3"), files, embedder.dimension)
     assert not list(data.glob("*.tmp")) and not (data / "hnsw.npz").exists()
 
     grown = subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)],
@@ -150,11 +161,6 @@ class _FailingConnection:
         return getattr(self._inner, name)
 
 
-@pytest.fixture(scope="module")
-def embedder() -> EfficientNetEmbedder:
-    return EfficientNetEmbedder(Settings().models_dir)
-
-
 def _corpus(tmp_path: Path, count: int = 40) -> tuple[Path, list[Path]]:
     """``count`` real photos copied into a private folder (so the test may delete some)."""
     folder = tmp_path / "photos"
@@ -164,8 +170,7 @@ def _corpus(tmp_path: Path, count: int = 40) -> tuple[Path, list[Path]]:
     return folder, sorted(folder.iterdir())
 
 
-def test_injected_disk_full_keeps_whole_batches(tmp_path: Path,
-                                                embedder: EfficientNetEmbedder) -> None:
+def test_injected_disk_full_keeps_whole_batches(tmp_path: Path, embedder: Embedder) -> None:
     folder, files = _corpus(tmp_path)
     data = tmp_path / "data"
     index = LocalIndex(data, dimension=embedder.dimension, model_id=embedder.model_id)
@@ -178,11 +183,11 @@ def test_injected_disk_full_keeps_whole_batches(tmp_path: Path,
     fresh = LocalIndex(data, dimension=embedder.dimension, model_id=embedder.model_id)
     again = Indexer(embedder, fresh, batch_size=16).run(FolderSource(folder))
     assert not again.stopped and again.unchanged == 16 and again.indexed == len(files) - 16
-    _assert_exactly_once(_rows(data / "index.sqlite3"), files)
+    _assert_exactly_once(_rows(data / "index.sqlite3"), files, embedder.dimension)
 
 
 def test_disk_full_in_a_background_job_fails_the_job_not_the_app(
-    tmp_path: Path, embedder: EfficientNetEmbedder
+    tmp_path: Path, embedder: Embedder
 ) -> None:
     folder, files = _corpus(tmp_path, 24)
     data = tmp_path / "data"
@@ -201,11 +206,11 @@ def test_disk_full_in_a_background_job_fails_the_job_not_the_app(
     assert job.thread is not None
     job.thread.join(120)
     assert job.state == "finished", job.error
-    _assert_exactly_once(_rows(data / "index.sqlite3"), files)
+    _assert_exactly_once(_rows(data / "index.sqlite3"), files, embedder.dimension)
 
 
 def test_file_vanishing_mid_run_is_reported_and_the_rest_lands(
-    tmp_path: Path, embedder: EfficientNetEmbedder
+    tmp_path: Path, embedder: Embedder
 ) -> None:
     folder, files = _corpus(tmp_path, 20)
     victim = files[7]
@@ -223,12 +228,20 @@ def test_file_vanishing_mid_run_is_reported_and_the_rest_lands(
     assert report.indexed == len(files) - 1 and index.count() == len(files) - 1
 
 
+def _default_embedder_file(models: Path) -> Path:
+    """The model file the default embedder loads, in a private copy of models/ (detectors left
+    out: SEARCH_DETECTOR=none)."""
+    shutil.copytree(Settings().models_dir, models,
+                    ignore=shutil.ignore_patterns("nanodet*", "ssd_*"))
+    embedder = build_embedder(Settings.from_env({**os.environ, "SEARCH_MODELS_DIR": str(models)}))
+    assert isinstance(embedder, EfficientNetEmbedder), "the offline default loads an ONNX file"
+    return models / embedder.filename
+
+
 def test_corrupted_model_file_stops_with_one_clear_line(tmp_path: Path) -> None:
     folder, _ = _corpus(tmp_path, 8)
     models = tmp_path / "models"
-    shutil.copytree(Settings().models_dir, models,
-                    ignore=shutil.ignore_patterns("nanodet*", "ssd_*"))
-    onnx = models / "efficientnet_lite0.onnx"
+    onnx = _default_embedder_file(models)
     onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])  # a truncated download
     env_data = tmp_path / f"data-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "SEARCH_DATA_DIR": str(env_data), "SEARCH_DETECTOR": "none",
@@ -252,11 +265,9 @@ def test_threads_left_behind_are_daemons() -> None:
 def test_indexer_stops_on_a_broken_model(tmp_path: Path) -> None:
     folder, _ = _corpus(tmp_path, 8)
     models = tmp_path / "models"
-    shutil.copytree(Settings().models_dir, models,
-                    ignore=shutil.ignore_patterns("nanodet*", "ssd_*"))
-    onnx = models / "efficientnet_lite0.onnx"
+    onnx = _default_embedder_file(models)
     onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
-    broken = EfficientNetEmbedder(models)
+    broken = build_embedder(Settings.from_env({**os.environ, "SEARCH_MODELS_DIR": str(models)}))
     index = LocalIndex(tmp_path / "data", dimension=broken.dimension, model_id=broken.model_id)
     report = Indexer(broken, index, batch_size=16).run(FolderSource(folder))
     assert report.stopped and "SHA256SUMS" in report.error

@@ -80,12 +80,13 @@ def assert_mirrors(root: Path, data: Path) -> None:
     assert contents == set(files.values())  # no stale content, every content once
     # and each name is found by its own content (the search path, not only the tables)
     from search_core.config import Settings
+    from search_core.factory import build_embedder
     from search_core.local_index import LocalIndex
-    from search_core.models.efficientnet import model_id_for
 
-    # the CLI's embedder id includes its view (SEARCH_VIEW_CROP), e.g. efficientnet-lite0-c80
-    model_id = model_id_for(Settings().view_crop)
-    index = LocalIndex(data, dimension=1280, model_id=model_id)
+    # the index the CLI wrote: its embedder's dimension and id (which includes the view), from
+    # the same environment the CLI ran with
+    embedder = build_embedder(Settings.from_env())
+    index = LocalIndex(data, dimension=embedder.dimension, model_id=embedder.model_id)
     matrix, items = index.vectors()
     assert sorted(item.uri for item in items) == sorted(files)
     for vector, item in zip(matrix, items, strict=True):
