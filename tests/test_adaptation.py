@@ -19,12 +19,19 @@ from search_core.factory import build_index, build_pipeline
 from search_core.pipeline import SearchPipeline
 from search_core.types import ItemMeta
 
-#: Five apple varieties among other produce: the power-normalised default embedder already
-#: separates the distinct products (plain held-out Recall@1 0.95 on the first ten alone, nothing
-#: left to gain), so the catalogue needs the look-alikes that adaptation is for.
+#: Ten distinct products plus look-alike families (five milks, six yoghurts, five juices of a
+#: few brands): the power-normalised default embedder already separates distinct products
+#: (plain held-out Recall@1 0.95 on the first ten alone, nothing left to gain), so the catalogue
+#: needs the look-alikes that the adaptation is for.
 CLASSES = ("Banana", "Granny-Smith", "Pink-Lady", "Lemon", "Vine-Tomato", "Yellow-Onion",
            "Green-Bell-Pepper", "Arla-Standard-Milk", "Oatly-Natural-Oatghurt", "Kiwi",
-           "Golden-Delicious", "Red-Delicious", "Royal-Gala")
+           "Arla-Ecological-Medium-Fat-Milk", "Arla-Lactose-Medium-Fat-Milk",
+           "Arla-Medium-Fat-Milk", "Garant-Ecological-Medium-Fat-Milk",
+           "Garant-Ecological-Standard-Milk", "Arla-Mild-Vanilla-Yoghurt",
+           "Arla-Natural-Mild-Low-Fat-Yoghurt", "Arla-Natural-Yoghurt", "Valio-Vanilla-Yoghurt",
+           "Yoggi-Strawberry-Yoghurt", "Yoggi-Vanilla-Yoghurt", "Bravo-Apple-Juice",
+           "Bravo-Orange-Juice", "God-Morgon-Apple-Juice", "God-Morgon-Orange-Juice",
+           "Tropicana-Apple-Juice")
 PER_CLASS = 6
 
 
@@ -64,7 +71,7 @@ def test_labelled_catalogue_is_fitted_validated_and_saved(labelled: SearchPipeli
     # it is used exactly when it won on the held-out catalogue images
     gain = report["recall1_adapted"] - report["recall1_plain"]
     assert (report["status"] == "active") == (gain >= adaptation.MIN_GAIN)
-    assert report["status"] == "active", report  # measured: 0.85 -> 0.92 on this catalogue
+    assert report["status"] == "active", report  # measured: 0.71 -> 0.85 on this catalogue
     assert 0 < report["dims"] <= adaptation.MAX_DIMS
     assert 0 < report["no_match_threshold"] < 1
     assert labelled.adapter.path.is_file()
