@@ -23,6 +23,7 @@ an in-memory copy of the projected catalogue (``d`` = 128 floats per image: 10k 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -509,6 +510,19 @@ class CatalogueAdapter:
                 projection, report = saved
             elif not allow_fit and self.report.status != "none":
                 projection, report = self.projection, self.report
+                if projection is not None and label_set_hash(
+                    [item.label for item in items]
+                ) != report.label_set_hash:
+                    # Labels the projection never saw (an ingest is still running, or another
+                    # process added them and has not saved its refit yet): it would map their
+                    # photos anywhere (a pepper photo found "Beef Tomato" against a projection
+                    # fitted on the first half of a catalogue), so search plainly until the
+                    # refit at the end of the ingest.
+                    projection, report = None, dataclasses.replace(
+                        report, status="plain", dims=0,
+                        reason="refit pending: the catalogue has labels the projection was "
+                        "not fitted on",
+                    )
             elif len(items) == 0:
                 projection, report = None, AdaptationReport(status="none", reason="empty index")
             else:

@@ -17,6 +17,7 @@ from search_core.adaptation import NO_CLOSE_MATCH, CatalogueLabel
 from search_core.config import Settings
 from search_core.factory import build_index, build_pipeline
 from search_core.pipeline import SearchPipeline
+from search_core.sources import open_source
 from search_core.types import ItemMeta
 
 #: Ten distinct products plus look-alike families (five milks, six yoghurts, five juices of a
@@ -126,6 +127,39 @@ def test_a_background_job_and_the_cli_see_the_adaptation(tmp_path: Path) -> None
     assert learned["status"] == "active" and learned["fitted_at"] == (
         pipeline.adapter.report.fitted_at
     )
+
+
+def test_labels_the_projection_never_saw_are_searched_plainly_until_the_refit(
+    tmp_path: Path,
+) -> None:
+    """A search during an ingest (the app polls stats while the first catalogue is indexed)
+    fits on the part indexed so far; until the ingest's own refit, photos of labels that part
+    did not have must not be mapped by that projection (it found "Beef Tomato" for a shelf of
+    peppers): the adapter searches plainly and says why."""
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    _copy_catalogue(tmp_path / "all")
+    first.mkdir()
+    rest.mkdir()
+    for folder in sorted((tmp_path / "all").iterdir()):
+        target = first if folder.name in CLASSES[:-3] else rest
+        shutil.move(str(folder), str(target / folder.name))
+    pipeline = build_pipeline(_settings(tmp_path))
+    pipeline.index_source(str(first))
+    assert pipeline.adapter.report.status == "active"
+    # the rest arrives the way a running ingest adds it: in the index, before any refit
+    other = build_pipeline(dataclasses.replace(_settings(tmp_path), adapt="off"))
+    other.indexer().run(open_source(str(rest), other.settings))
+    pipeline.adapter._checked = 0.0  # the next search checks the index now
+    photo = sorted((SHARED_DATA / "grocery" / "val").rglob("God-Morgon-Apple-Juice/*.jpg"))[0]
+    hits = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=3)
+    report = pipeline.adapter.report
+    assert report.status == "plain" and "refit pending" in report.reason
+    assert hits and hits[0].score == pytest.approx(
+        float(pipeline.view_vector(pipeline.analyze(photo.read_bytes()), None)
+              @ pipeline.index.vector_of(hits[0].item.sha256)), abs=1e-4)  # a plain cosine
+    pipeline.adapter.refresh()  # what the ingest does at its end: refit on everything
+    assert pipeline.adapter.report.status == "active"
+    assert pipeline.adapter.report.labels == len(CLASSES)
 
 
 def test_refit_only_when_the_catalogue_changed_enough() -> None:
