@@ -1,6 +1,6 @@
 """Automatic tags and categories of catalogue items, and keyword matching against them.
 
-Why tags: an image-only embedder (EfficientNet-Lite0, the offline default) cannot take a text
+Why tags: an image-only embedder (EfficientNet-Lite, the offline default) cannot take a text
 query, yet a shop still wants "only shoes" or "show me bananas". Two labellers are already
 loaded and cost almost nothing extra at index time: the detector (its labels for the objects
 found in the image) and, for EfficientNet, the ImageNet classifier head that comes out of the
