@@ -29,17 +29,17 @@ DIM = 1280
 
 
 def clustered(n: int, *, seed: int, clusters: int, rank: int = 24,
-              noise: float = 0.25) -> np.ndarray:
+              noise: float = 0.25, dim: int = DIM) -> np.ndarray:
     """``n`` unit vectors around ``clusters`` low-rank cluster subspaces (float32)."""
     structure = np.random.default_rng(12345)  # same clusters for corpus and queries
-    centres = structure.standard_normal((clusters, DIM), dtype=np.float32)
-    bases = structure.standard_normal((clusters, rank, DIM), dtype=np.float32) / np.sqrt(rank)
+    centres = structure.standard_normal((clusters, dim), dtype=np.float32)
+    bases = structure.standard_normal((clusters, rank, dim), dtype=np.float32) / np.sqrt(rank)
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, clusters, n)
-    out = np.empty((n, DIM), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 50_000):
         part = labels[start : start + 50_000]
-        block = centres[part] + noise * rng.standard_normal((len(part), DIM), dtype=np.float32)
+        block = centres[part] + noise * rng.standard_normal((len(part), dim), dtype=np.float32)
         coeffs = rng.standard_normal((len(part), rank), dtype=np.float32)
         for cluster in np.unique(part):
             rows = np.nonzero(part == cluster)[0]
@@ -88,7 +88,8 @@ def opensearch_run(url: str, matrix: np.ndarray, queries: np.ndarray,
     name = f"bench-ann-{os.getpid()}"
     client.indices.create(name, body={
         "settings": {"index": {"knn": True, "number_of_replicas": 0, "refresh_interval": "-1"}},
-        "mappings": {"properties": {"v": {"type": "knn_vector", "dimension": DIM, "method": {
+        "mappings": {"properties": {"v": {
+            "type": "knn_vector", "dimension": matrix.shape[1], "method": {
             "name": "hnsw", "engine": "faiss", "space_type": "innerproduct",
             "parameters": {"m": 16, "ef_construction": 128}}}}},
     })
@@ -123,18 +124,22 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--dim", type=int, default=256, help="projected dimension of the graph")
+    parser.add_argument("--vector-dim", type=int, default=DIM,
+                        help="stored vector dimension (2560 = the default pair embedder; "
+                        "1M x 2560 needs ~18 GB RAM)")
     args = parser.parse_args()
     n = args.n or (50_000 if args.quick else 1_000_000)
     clusters = max(50, n // 500)
 
     rss0 = current_rss_mb()
     began = time.perf_counter()
-    matrix = clustered(n, seed=1, clusters=clusters)
-    queries = clustered(args.queries, seed=2, clusters=clusters)
+    matrix = clustered(n, seed=1, clusters=clusters, dim=args.vector_dim)
+    queries = clustered(args.queries, seed=2, clusters=clusters, dim=args.vector_dim)
     gen_s = time.perf_counter() - began
     rss_matrix = current_rss_mb()
     truth = exact_top10(matrix, queries)
-    print(f"{n:,} clustered vectors ({clusters} clusters), dim {DIM}, generated in {gen_s:.0f} s")
+    print(f"{n:,} clustered vectors ({clusters} clusters), dim {args.vector_dim}, "
+          f"generated in {gen_s:.0f} s")
 
     exact_found, exact_ms = time_queries(
         lambda q: np.argpartition(-(matrix @ q), 9)[:10], queries[:50])
@@ -185,7 +190,8 @@ def main() -> None:
         ["projection energy kept", round(energy, 3) if energy is not None else "n/a"],
     ], ["what", "value"]))
     payload: dict[str, Any] = {
-        "bench": "ann", "vectors": n, "dim": DIM, "clusters": clusters, "queries": len(queries),
+        "bench": "ann", "vectors": n, "dim": args.vector_dim, "clusters": clusters,
+        "queries": len(queries),
         "m": args.m, "ef_construction": args.ef_construction, "graph_dim": args.dim,
         "recall@10": best["recall@10"], "ms_p50": best["ms_p50"], "ms_p95": best["ms_p95"],
         "build_s": round(build_s, 1), "save_s": round(save_s, 1), "load_s": round(load_s, 1),
