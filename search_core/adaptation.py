@@ -64,6 +64,8 @@ MIN_GAIN = 0.01
 #: share of each label's images held out for validation: the ones least like the rest of their
 #: label (see :func:`held_out_mask`)
 HELD_OUT = 0.25
+#: rows of a label's similarity matrix computed at once when choosing the held-out images
+HELD_OUT_BLOCK = 1024
 #: refit when this share of the catalogue changed since the last fit (or a label is new)
 REFIT_FRACTION = 0.1
 #: "No close match" (decided on plain cosines): a query whose best score is below what held-out
@@ -223,10 +225,16 @@ def held_out_mask(
         if len(positions) < 2:
             continue
         members = np.asarray(positions)
-        block = vectors[members] @ vectors[members].T
-        np.fill_diagonal(block, -np.inf)
+        label_vectors = vectors[members]
+        best = np.empty(len(members), dtype=np.float64)
+        # in row blocks: one label may hold all 20,000 fitted images (a 1.6 GB square at once)
+        for start in range(0, len(members), HELD_OUT_BLOCK):
+            block = label_vectors[start : start + HELD_OUT_BLOCK] @ label_vectors.T
+            rows = np.arange(len(block))
+            block[rows, rows + start] = -np.inf
+            best[start : start + len(block)] = block.max(axis=1)
         take = min(len(members) - 1, max(1, round(len(members) * share)))
-        mask[members[np.argsort(block.max(axis=1), kind="stable")[:take]]] = True
+        mask[members[np.argsort(best, kind="stable")[:take]]] = True
     return mask
 
 

@@ -162,6 +162,26 @@ def test_labels_the_projection_never_saw_are_searched_plainly_until_the_refit(
     assert pipeline.adapter.report.labels == len(CLASSES)
 
 
+def test_validation_holds_out_the_photos_least_like_their_label(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A near-twin of a catalogue photo would flatter any method: the held-out images are the
+    ones farthest from the rest of their label, computed in row blocks (one label may hold
+    every fitted image) with the same result as at once."""
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal(32)
+    twins = centre + 0.05 * rng.standard_normal((12, 32))
+    outliers = centre + 2.0 * rng.standard_normal((4, 32))
+    vectors = np.vstack([twins, outliers]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = ["milk"] * 16
+    held = adaptation.held_out_mask(vectors, labels)
+    assert held.sum() == 4 and held[12:].all()  # the quarter least like the rest
+    monkeypatch.setattr(adaptation, "HELD_OUT_BLOCK", 5)
+    assert (adaptation.held_out_mask(vectors, labels) == held).all()
+    assert not adaptation.held_out_mask(vectors[:1], ["solo"]).any()  # one image: kept
+
+
 def test_refit_only_when_the_catalogue_changed_enough() -> None:
     items = [ItemMeta(uri=f"/c/{i % 5}/{i}.jpg", sha256=f"{i:064x}", label=str(i % 5))
              for i in range(100)]
