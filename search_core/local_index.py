@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -43,6 +44,9 @@ __all__ = ["RERANK_FACTOR", "RERANK_MIN", "SCHEMA_VERSION", "AnnGraph", "LocalIn
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+#: how long opening the database may wait for other processes (SQLite busy timeout, and the
+#: retries of a lock upgrade SQLite refuses to wait for)
+OPEN_TIMEOUT_S = 60.0
 _CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -125,15 +129,37 @@ class LocalIndex:
     # -- storage -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """Opens (creating or migrating) the database. Two processes opening a brand-new
+        database at once can get "database is locked" at once, without the busy timeout: the
+        switch to WAL needs an exclusive lock, and SQLite refuses a lock upgrade that could
+        deadlock instead of waiting. That is retried, with the busy timeout as the limit."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        pause = 0.02
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise BackendError(
+                        f"cannot open the local index in {self.data_dir}: {exc}"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            except (sqlite3.Error, OSError) as exc:
+                raise BackendError(
+                    f"cannot open the local index in {self.data_dir}: {exc}"
+                ) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never implicit
+        conn = sqlite3.connect(
+            self.data_dir / "index.sqlite3",
+            check_same_thread=False,
+            timeout=OPEN_TIMEOUT_S,
+            isolation_level=None,
+        )
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never implicit
-            conn = sqlite3.connect(
-                self.data_dir / "index.sqlite3",
-                check_same_thread=False,
-                timeout=60,
-                isolation_level=None,
-            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
@@ -143,8 +169,9 @@ class LocalIndex:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except (sqlite3.Error, OSError) as exc:
-            raise BackendError(f"cannot open the local index in {self.data_dir}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         stored = dict(conn.execute("SELECT key, value FROM info").fetchall())
         if stored.get("model") != self.model_id or int(stored["dimension"]) != self.dimension:
             raise ConfigError(
