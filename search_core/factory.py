@@ -13,7 +13,7 @@ Imports stay inside the builders: the offline app must start without boto3 or to
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TypeVar
 
 from search_core.config import Settings
@@ -45,21 +45,12 @@ def _rekognition_detector(settings: Settings) -> Detector:
     return RekognitionDetector(settings)
 
 
-def _efficientnet_embedder(settings: Settings) -> Embedder:
-    from search_core.models.efficientnet import EfficientNetPairEmbedder
+def _efficientnet_embedder(settings: Settings, *, pair: bool = True) -> Embedder:
+    """Lite0 + Lite2 (``efficientnet``, the default) or Lite0 alone (``efficientnet-lite0``)."""
+    from search_core.models.efficientnet import EfficientNetEmbedder, EfficientNetPairEmbedder
 
-    return EfficientNetPairEmbedder(
-        settings.models_dir,
-        threads=settings.onnx_threads,
-        batch_size=settings.batch_size,
-        crop_fraction=settings.view_crop,
-    )
-
-
-def _efficientnet_lite0_embedder(settings: Settings) -> Embedder:
-    from search_core.models.efficientnet import EfficientNetEmbedder
-
-    return EfficientNetEmbedder(
+    kind = EfficientNetPairEmbedder if pair else EfficientNetEmbedder
+    return kind(
         settings.models_dir,
         threads=settings.onnx_threads,
         batch_size=settings.batch_size,
@@ -105,7 +96,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector | None]] = {
 #: SEARCH_EMBEDDER -> builder
 EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "efficientnet": _efficientnet_embedder,
-    "efficientnet-lite0": _efficientnet_lite0_embedder,
+    "efficientnet-lite0": partial(_efficientnet_embedder, pair=False),
     "clip": _clip_embedder,
     "titan": _titan_embedder,
 }
