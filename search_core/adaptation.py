@@ -459,6 +459,11 @@ class CatalogueAdapter:
     CHECK_SECONDS: ClassVar[dict[str, float]] = {"local": 5.0}
     #: remote backends: a change means a scan of every vector (~12 KB each as JSON)
     DEFAULT_CHECK_SECONDS = 300.0
+    #: backends whose count is a local query: every adapted search first checks that the
+    #: projected copy still holds as many images as the index, and searches plainly when not.
+    #: Between two checks an ingest adds images the copy does not have yet; searching only the
+    #: copy would hide them (a filter on a label indexed since then found nothing at all).
+    EXACT_COUNT: ClassVar[frozenset[str]] = frozenset({"local"})
 
     def __init__(
         self, index: VectorIndex, data_dir: Path, model_id: str, mode: str = "auto"
@@ -469,6 +474,12 @@ class CatalogueAdapter:
         backend = index.name
         self.path = Path(data_dir) / f"adaptation-{backend}.npz"
         self.check_seconds = self.CHECK_SECONDS.get(backend, self.DEFAULT_CHECK_SECONDS)
+        self._exact_count = backend in self.EXACT_COUNT
+        # Whether this process ever refreshed: only a process that never did (a CLI search on
+        # an index built before this feature) may fit from a search. A server refreshes at
+        # start; fitting later from a search would fit on whatever part of a running ingest
+        # happens to be indexed.
+        self._refreshed = False
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.projection: Projection | None = None
@@ -505,20 +516,27 @@ class CatalogueAdapter:
                     self.projection, self.report = None, report
                     self._matrix, self._items = np.zeros((0, 0), np.float32), []
                     self._count, self._checked = count, time.monotonic()
+                    self._refreshed = True
                 return report
             try:
                 vectors, items = read_vectors(self.index)
             except NotImplementedError as exc:
                 self.report = AdaptationReport(status="plain", reason=str(exc))
+                self._refreshed = True
                 return self.report
             saved = None if force_fit else load(self.path)
             if self.mode != "off" and saved is not None and not needs_refit(
                 saved[1], items, self.model_id
             ):
                 projection, report = saved
-            elif not allow_fit and self.report.status != "none":
+            elif not allow_fit:
                 projection, report = self.projection, self.report
-                if projection is not None and label_set_hash(
+                if report.status == "none" and items:
+                    report = AdaptationReport(
+                        status="none", reason="not fitted yet: fitted at the end of the ingest "
+                        "that is adding images (or when the app starts)",
+                    )
+                elif projection is not None and label_set_hash(
                     [item.label for item in items]
                 ) != report.label_set_hash:
                     # Labels the projection never saw (an ingest is still running, or another
@@ -562,6 +580,7 @@ class CatalogueAdapter:
                 self._count = len(items)
                 self._checked = time.monotonic()
                 self._file_mtime = self._mtime()
+                self._refreshed = True
             return report
 
     def _mtime(self) -> float:
@@ -586,10 +605,28 @@ class CatalogueAdapter:
             log.warning("adaptation: cannot count the index: %s", exc)
             return
         if count != self._count or self._mtime() != self._file_mtime:
-            self.refresh(allow_fit=self.report.status == "none")
+            self.refresh(allow_fit=not self._refreshed)
+
+    def behind(self) -> bool:
+        """True when the projected copy misses images the index now holds (or still holds
+        removed ones), so the plain index must answer. Known only for backends whose count is
+        a local query; a remote copy catches up at its next check (``check_seconds``)."""
+        if not (self._exact_count and self.active):
+            return False
+        try:
+            return self.index.count() != self._count
+        except Exception:  # the plain search reports the backend's error itself
+            return True
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, **self.report.to_dict()}
+        described = {"mode": self.mode, **self.report.to_dict()}
+        if self.behind():
+            described.update(
+                status="plain", reason="the catalogue changed since the last refresh: "
+                "searching plainly until the projected copy catches up (at the end of an "
+                f"ingest, or within {self.check_seconds:g} s)",
+            )
+        return described
 
     # -- search --------------------------------------------------------------------------------
 
@@ -606,7 +643,7 @@ class CatalogueAdapter:
         self.ensure()
         with self._lock:
             projection, matrix, items = self.projection, self._matrix, self._items
-        if projection is None or len(items) == 0:
+        if projection is None or len(items) == 0 or self.behind():
             return None
         scores = matrix @ projection.apply(vector)
         if filters:

@@ -129,13 +129,8 @@ def test_a_background_job_and_the_cli_see_the_adaptation(tmp_path: Path) -> None
     )
 
 
-def test_labels_the_projection_never_saw_are_searched_plainly_until_the_refit(
-    tmp_path: Path,
-) -> None:
-    """A search during an ingest (the app polls stats while the first catalogue is indexed)
-    fits on the part indexed so far; until the ingest's own refit, photos of labels that part
-    did not have must not be mapped by that projection (it found "Beef Tomato" for a shelf of
-    peppers): the adapter searches plainly and says why."""
+def _split_catalogue(tmp_path: Path) -> tuple[Path, Path]:
+    """The test catalogue in two folders: all but the last three labels, and those three."""
     first, rest = tmp_path / "first", tmp_path / "rest"
     _copy_catalogue(tmp_path / "all")
     first.mkdir()
@@ -143,23 +138,77 @@ def test_labels_the_projection_never_saw_are_searched_plainly_until_the_refit(
     for folder in sorted((tmp_path / "all").iterdir()):
         target = first if folder.name in CLASSES[:-3] else rest
         shutil.move(str(folder), str(target / folder.name))
+    return first, rest
+
+
+def _add_like_a_running_ingest(tmp_path: Path, folder: Path) -> None:
+    """Adds a folder to the index from another pipeline without any refit (adapt off): what
+    the index holds in the middle of an ingest, or after another process's ingest before its
+    refit is saved."""
+    other = build_pipeline(dataclasses.replace(_settings(tmp_path), adapt="off"))
+    other.indexer().run(open_source(str(folder), other.settings))
+
+
+def test_images_indexed_since_the_refresh_are_found_and_new_labels_searched_plainly(
+    tmp_path: Path,
+) -> None:
+    """While an ingest runs, the projected copy lags behind the index. A search must still see
+    every image the index holds (the REST test's filter on a label indexed after the last
+    refresh found nothing, and its shelf of peppers found "Beef Tomato"), and photos of labels
+    the projection never saw must not be mapped by it: both are searched plainly until the
+    ingest's own refit, and ``stats`` says why."""
+    first, rest = _split_catalogue(tmp_path)
     pipeline = build_pipeline(_settings(tmp_path))
     pipeline.index_source(str(first))
     assert pipeline.adapter.report.status == "active"
-    # the rest arrives the way a running ingest adds it: in the index, before any refit
-    other = build_pipeline(dataclasses.replace(_settings(tmp_path), adapt="off"))
-    other.indexer().run(open_source(str(rest), other.settings))
-    pipeline.adapter._checked = 0.0  # the next search checks the index now
+    _add_like_a_running_ingest(tmp_path, rest)
     photo = sorted((SHARED_DATA / "grocery" / "val").rglob("God-Morgon-Apple-Juice/*.jpg"))[0]
-    hits = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=3)
+    analyzed = pipeline.analyze(photo.read_bytes())
+
+    def plain_cosine(hit: object) -> float:
+        return float(pipeline.view_vector(analyzed, None)
+                     @ pipeline.index.vector_of(hit.item.sha256))  # type: ignore[attr-defined]
+
+    # at once, before the adapter's next check of the index: plain, and the new label is there
+    hits = pipeline.search(analyzed, "whole", k=3, filters={"category": ["God-Morgon-Apple-Juice"]})
+    assert hits and all(h.item.label == "God-Morgon-Apple-Juice" for h in hits)
+    assert hits[0].score == pytest.approx(plain_cosine(hits[0]), abs=1e-4)
+    described = pipeline.stats()["adaptation"]
+    assert described["status"] == "plain" and "changed since the last refresh" in (
+        described["reason"])
+    # after the check (it re-projects, never refits from a search): still plain, and why
+    pipeline.adapter._checked = 0.0
+    hits = pipeline.search(analyzed, "whole", k=3)
     report = pipeline.adapter.report
     assert report.status == "plain" and "refit pending" in report.reason
-    assert hits and hits[0].score == pytest.approx(
-        float(pipeline.view_vector(pipeline.analyze(photo.read_bytes()), None)
-              @ pipeline.index.vector_of(hits[0].item.sha256)), abs=1e-4)  # a plain cosine
+    assert hits[0].score == pytest.approx(plain_cosine(hits[0]), abs=1e-4)
     pipeline.adapter.refresh()  # what the ingest does at its end: refit on everything
     assert pipeline.adapter.report.status == "active"
     assert pipeline.adapter.report.labels == len(CLASSES)
+    assert not pipeline.adapter.behind()
+
+
+def test_a_search_never_fits_on_the_part_of_a_running_ingest_indexed_so_far(
+    tmp_path: Path,
+) -> None:
+    """The app refreshes at start, on an empty index, then indexes its sample catalogue while
+    the browser polls ``stats``: a poll used to fit the projection on the first third of the
+    catalogue and save it. Only a process that never refreshed (a CLI search on an index built
+    before adaptation existed) fits from a search."""
+    first, _rest = _split_catalogue(tmp_path)
+    server = build_pipeline(_settings(tmp_path))
+    server.prepare_adaptation()  # at start: the index is empty
+    assert server.adapter.report.status == "none"
+    _add_like_a_running_ingest(tmp_path, first)
+    server.adapter._checked = 0.0
+    described = server.stats()["adaptation"]
+    assert described["status"] == "none" and not server.adapter.path.exists()
+    assert "not fitted yet" in described["reason"]
+    assert server.adapter.report.items == 0  # re-read, not fitted
+    cli = build_pipeline(_settings(tmp_path))  # a fresh process on the same index
+    cli.search(cli.analyze((first / CLASSES[0]).glob("*.jpg").__next__().read_bytes()),
+               "whole", k=1)
+    assert cli.adapter.report.status == "active" and cli.adapter.path.exists()
 
 
 def test_validation_holds_out_the_photos_least_like_their_label(
