@@ -23,6 +23,7 @@ an in-memory copy of the projected catalogue (``d`` = 128 floats per image: 10k 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -480,6 +481,7 @@ class CatalogueAdapter:
         # start; fitting later from a search would fit on whatever part of a running ingest
         # happens to be indexed.
         self._refreshed = False
+        self._ingests = 0  # ingests of this process now adding images (under self._lock)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.projection: Projection | None = None
@@ -607,11 +609,29 @@ class CatalogueAdapter:
         if count != self._count or self._mtime() != self._file_mtime:
             self.refresh(allow_fit=not self._refreshed)
 
+    @contextlib.contextmanager
+    def ingesting(self) -> Iterator[None]:
+        """Wraps an ingest of this process and its refresh: its images reach the index before
+        the projected copy, so until that refresh the plain index answers (for every backend;
+        a remote count is too slow to ask at each search)."""
+        with self._lock:
+            self._ingests += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._ingests -= 1
+
     def behind(self) -> bool:
-        """True when the projected copy misses images the index now holds (or still holds
-        removed ones), so the plain index must answer. Known only for backends whose count is
-        a local query; a remote copy catches up at its next check (``check_seconds``)."""
-        if not (self._exact_count and self.active):
+        """True when the projected copy may miss images the index now holds (or still hold
+        removed ones), so the plain index must answer: an ingest of this process is running,
+        or the local index's count differs from the copy's. Another process's ingest into a
+        remote index is noticed at the next check (``check_seconds``)."""
+        if not self.active:
+            return False
+        if self._ingests:
+            return True
+        if not self._exact_count:
             return False
         try:
             return self.index.count() != self._count
@@ -622,9 +642,9 @@ class CatalogueAdapter:
         described = {"mode": self.mode, **self.report.to_dict()}
         if self.behind():
             described.update(
-                status="plain", reason="the catalogue changed since the last refresh: "
-                "searching plainly until the projected copy catches up (at the end of an "
-                f"ingest, or within {self.check_seconds:g} s)",
+                status="plain", reason="the catalogue changed since the last refresh (or an "
+                "ingest is running): searching plainly until the projected copy catches up "
+                f"(at the end of the ingest, or within {self.check_seconds:g} s)",
             )
         return described
 

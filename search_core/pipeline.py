@@ -383,10 +383,11 @@ class SearchPipeline(CatalogueRelevance):
         stop: threading.Event | None = None,
     ) -> IndexReport:
         source = open_source(source_uri, self.settings)
-        report = self.indexer().run(
-            source, prune=prune, shard=parse_shard(shard), progress=progress, stop=stop
-        )
-        self.adapt_after_ingest(report)
+        with self.adapter.ingesting():  # searches meanwhile are plain: they see every image
+            report = self.indexer().run(
+                source, prune=prune, shard=parse_shard(shard), progress=progress, stop=stop
+            )
+            self.adapt_after_ingest(report)
         return report
 
     def _run_job(

@@ -94,13 +94,33 @@ def test_a_deleted_image_never_comes_back_from_the_projected_copy(
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
     pipeline = build_pipeline(labelled.settings)
     first = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=3)[0]
-    pipeline.adapter.check_seconds = 3600.0  # the count check alone would notice: test the guard
+    # the count checks alone would notice (a remote copy does not): test the guard
+    pipeline.adapter.check_seconds = 3600.0
+    pipeline.adapter._exact_count = False
     pipeline.index.delete([first.item.sha256])
     try:
         hits = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=10)
         assert first.item.sha256 not in {h.item.sha256 for h in hits} and len(hits) == 10
     finally:
         pipeline.index_source(str(Path(first.uri).parent.parent))  # put it back for the others
+
+
+def test_searches_during_an_ingest_of_this_process_are_plain(labelled: SearchPipeline) -> None:
+    """For every backend (a remote count is not asked at each search): while this process
+    ingests, its new images are in the index but not yet in the projected copy."""
+    photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
+    pipeline = build_pipeline(labelled.settings)
+    pipeline.adapter._exact_count = False  # as for OpenSearch
+    analyzed = pipeline.analyze(photo.read_bytes())
+    adapted = pipeline.search(analyzed, "whole", k=1)[0]
+    with pipeline.adapter.ingesting():
+        assert pipeline.stats()["adaptation"]["status"] == "plain"
+        plain = pipeline.search(analyzed, "whole", k=1)[0]
+        assert plain.score == pytest.approx(float(
+            pipeline.view_vector(analyzed, None) @ pipeline.index.vector_of(plain.item.sha256)
+        ), abs=1e-4)
+    assert pipeline.search(analyzed, "whole", k=1)[0].score == pytest.approx(adapted.score)
+    assert pipeline.stats()["adaptation"]["status"] == "active"
 
 
 def test_a_background_job_and_the_cli_see_the_adaptation(tmp_path: Path) -> None:
