@@ -148,6 +148,16 @@ def _optional_price(raw: str) -> float | None:
     return _price(raw) if raw else None
 
 
+def _optional_cosine(raw: str) -> float | None:
+    """``auto`` (None: the embedder's calibrated value) or a cosine in [0, 1]."""
+    if raw.lower() == "auto":
+        return None
+    value = _number(float, "a number or `auto`")(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1, or `auto`")
+    return float(value)
+
+
 def _megabytes(raw: str) -> int:
     """MiB to bytes."""
     return int(_float(raw) * 1024 * 1024)
@@ -249,7 +259,7 @@ class Settings:
     hnsw_threshold: int = setting("SEARCH_HNSW_THRESHOLD", "20000", "Local index switches from exact NumPy search to FAISS HNSW above this many vectors.", parse=_int)
     sample_catalogue: Path | None = setting("SEARCH_SAMPLE_CATALOGUE", str(REPO_ROOT / "samples" / "catalogue"), "Indexed in the background at app start when the index is empty (`off` disables).", parse=_optional_path, shown="./samples/catalogue")
     tags: str = setting("SEARCH_TAGS", "all", "Automatic tags stored at index time: `all` (detector labels + EfficientNet's ImageNet labels; the detector costs ingest speed), `keywords` (ImageNet labels only, free), `off`.", parse=_tags, choices=("all", "keywords", "off"))
-    near_duplicate: float = setting("SEARCH_NEAR_DUPLICATE", "0.92", 'Cosine from which a result folds into a higher one ("+N similar"); calibrated by bench/near_duplicates.py for the default embedder (0.89 suits efficientnet-lite0); 0 disables.', parse=_float)
+    near_duplicate: float | None = setting("SEARCH_NEAR_DUPLICATE", "auto", 'Cosine from which a result folds into a higher one ("+N similar"); `auto`: the value calibrated for the embedder by bench/near_duplicates.py (0.92 for `efficientnet`, 0.89 for `efficientnet-lite0`, 0.92 for embedders not calibrated here); 0 disables.', parse=_optional_cosine, shown="auto")
     clip_model: str = setting("SEARCH_CLIP_MODEL", "openai/clip-vit-base-patch32", "Hugging Face model id for `SEARCH_EMBEDDER=clip`.")
     adapt: str = setting("SEARCH_ADAPT", "auto", "`auto`: learn a projection from the catalogue's folders/labels after each ingest and use it when it wins on held-out catalogue images; `off`: plain embedding.", parse=_lower, choices=("auto", "off"))
     view_crop: float = setting("SEARCH_VIEW_CROP", "0.8", "Centre share of the image the EfficientNet embedder sees (queries and catalogue; changing it needs a re-index).", parse=_float)

@@ -179,6 +179,15 @@ class PrefersBatchSize(Protocol):
 
 
 @runtime_checkable
+class CalibratedNearDuplicates(Protocol):
+    """An embedder whose near-duplicate cosine was measured (``bench/near_duplicates.py``):
+    edited copies of one photo fold into one result, distinct products do not. The value
+    belongs to the model, not the catalogue: a bigger network spreads copies less."""
+
+    near_duplicate_threshold: float
+
+
+@runtime_checkable
 class EventuallyConsistent(Protocol):
     """An index whose new documents may become searchable only some time after ``add``
     (OpenSearch Serverless: up to a minute); ``serverless`` is True when that applies."""

@@ -24,6 +24,7 @@ from search_core.filters import matches
 from search_core.images import load_image, sha256_hex
 from search_core.indexing import Indexer, IndexReport, ProgressCallback, parse_shard
 from search_core.interfaces import (
+    CalibratedNearDuplicates,
     Detector,
     Embedder,
     ExpectsLookups,
@@ -92,6 +93,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: SEARCH_NEAR_DUPLICATE=auto for an embedder without a measured value (CLIP, Titan: their
+#: weights or service are out of reach here): the default embedder's
+UNCALIBRATED_NEAR_DUPLICATE = 0.92
 
 #: Decoded query images kept for object switching, in pixels over all entries (3 bytes each):
 #: 32 phone photos at 2048 px would otherwise pin ~300 MB; this caps the cache near 100 MB.
@@ -224,6 +229,16 @@ class SearchPipeline(CatalogueRelevance):
             unique.append(hit)
         return self.collapse(unique)[:k]
 
+    @property
+    def near_duplicate_threshold(self) -> float:
+        """SEARCH_NEAR_DUPLICATE, or with ``auto`` the embedder's calibrated cosine (the
+        default embedder's value for one not calibrated here: CLIP, Titan)."""
+        if self.settings.near_duplicate is not None:
+            return self.settings.near_duplicate
+        if isinstance(self.embedder, CalibratedNearDuplicates):
+            return float(self.embedder.near_duplicate_threshold)
+        return UNCALIBRATED_NEAR_DUPLICATE
+
     def collapse(self, hits: list[SearchHit]) -> list[SearchHit]:
         """Near-duplicates folded into the higher result (needs the index's stored vectors:
         both indexes return them; elsewhere results stay as they are)."""
@@ -232,7 +247,7 @@ class SearchPipeline(CatalogueRelevance):
         return collapse_near_duplicates(
             hits,
             self.index.vector_of if isinstance(self.index, LooksUpVectors) else None,
-            self.settings.near_duplicate,
+            self.near_duplicate_threshold,
         )
 
     def item(self, sha256: str) -> ItemMeta | None:
@@ -264,7 +279,7 @@ class SearchPipeline(CatalogueRelevance):
         """(uri, uri, cosine) of distinct contents at or above the near-duplicate threshold,
         most similar first (byte-identical copies are one content, not a pair); [] when the
         index keeps no vectors or holds more than ``max_items`` (all pairs is O(N²))."""
-        threshold = self.settings.near_duplicate
+        threshold = self.near_duplicate_threshold
         if not isinstance(self.index, ListsVectors):
             return []
         if threshold <= 0 or self.index.count() > max_items:
@@ -471,6 +486,7 @@ class SearchPipeline(CatalogueRelevance):
         stats["adaptation"] = self.adapter.describe()
         stats.setdefault("dimension", self.embedder.dimension)
         stats["embedder"] = self.embedder.model_id
+        stats["near_duplicate"] = self.near_duplicate_threshold
         stats["detector"] = self.detector.name if self.detector else "none"
         stats["supports_text"] = self.embedder.supports_text
         return stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,6 +64,8 @@ def test_region_falls_back_to_aws_default_region() -> None:
         ({"TITAN_EMBEDDING_LENGTH": "512"}, "TITAN_EMBEDDING_LENGTH must be 256, 384 or 1024"),
         ({"SEARCH_INDEX": "opensearch"}, "SEARCH_INDEX=opensearch needs OPENSEARCH_ENDPOINT"),
         ({"AWS_RETRY_MODE": "fast"}, "AWS_RETRY_MODE='fast' is not one of adaptive, legacy"),
+        ({"SEARCH_NEAR_DUPLICATE": "92"}, "SEARCH_NEAR_DUPLICATE must be between 0 and 1"),
+        ({"SEARCH_NEAR_DUPLICATE": "high"}, "SEARCH_NEAR_DUPLICATE must be a number or `auto`"),
     ],
 )
 def test_bad_values_name_their_variable(env: dict[str, str], message: str) -> None:
@@ -85,3 +88,31 @@ def test_secrets_stay_out_of_repr_and_describe() -> None:
     assert settings.auth == "ann:s3cret" and settings.opensearch_password == "hunter2"
     shown = f"{settings!r} {settings.describe()}"
     assert "s3cret" not in shown and "hunter2" not in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "threshold"),
+    [
+        ({}, 0.92),  # the default pair, as calibrated by bench/near_duplicates.py
+        ({"SEARCH_EMBEDDER": "efficientnet-lite0"}, 0.89),  # its own value, not the pair's
+        ({"SEARCH_EMBEDDER": "efficientnet-lite0", "SEARCH_NEAR_DUPLICATE": "0.95"}, 0.95),
+        ({"SEARCH_NEAR_DUPLICATE": "0"}, 0.0),  # off
+        ({"SEARCH_EMBEDDER": "efficientnet-lite0", "SEARCH_NEAR_DUPLICATE": "AUTO"}, 0.89),
+    ],
+)
+def test_near_duplicate_auto_follows_the_embedder(
+    env: dict[str, str], threshold: float, tmp_path: Path
+) -> None:
+    """A user who switches to the fast embedder gets the cosine measured for it: the pair's
+    0.92 would leave Lite0's edited copies unfolded. Nothing is loaded to know it."""
+    from search_core.factory import build_pipeline
+    from search_core.pipeline import UNCALIBRATED_NEAR_DUPLICATE
+
+    settings = Settings.from_env(
+        {"SEARCH_DATA_DIR": str(tmp_path), "SEARCH_SAMPLE_CATALOGUE": "off", **env}
+    )
+    pipeline = build_pipeline(settings)
+    assert pipeline.near_duplicate_threshold == threshold
+    if settings.near_duplicate is None:  # an embedder measured nowhere here (CLIP, Titan)
+        pipeline.embedder = SimpleNamespace(model_id="uncalibrated")  # type: ignore[assignment]
+        assert pipeline.near_duplicate_threshold == UNCALIBRATED_NEAR_DUPLICATE == 0.92

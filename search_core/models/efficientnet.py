@@ -130,6 +130,8 @@ class EfficientNetEmbedder(OnnxModel):
     feature_outputs: tuple[str, ...] = ("features",)
     model_id = model_id_for(DEFAULT_CROP_FRACTION, LITE0)
     dimension = 1280
+    #: bench/near_duplicates.py: the cosine that folds edited copies, not distinct products
+    near_duplicate_threshold = 0.89
     supports_text = False
 
     def __init__(
@@ -213,3 +215,4 @@ class EfficientNetPairEmbedder(EfficientNetEmbedder):
     feature_outputs = ("features_lite0", "features_lite2")
     model_id = model_id_for(DEFAULT_CROP_FRACTION, PAIR)
     dimension = 2560
+    near_duplicate_threshold = 0.92
