@@ -28,8 +28,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -375,22 +378,34 @@ def _fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, require_
 
 
 def save(path: Path, projection: Projection | None, report: AdaptationReport) -> None:
-    """Written atomically (temp file + rename): a crash never leaves a half-written file."""
+    """Written atomically: a temporary file of this writer's own (two ingests ending together
+    must not write into one), flushed to disk, then renamed over the old one, so a reader or a
+    crash only ever sees a whole file. A failed write (a full disk) leaves no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     empty = np.zeros((0,), np.float32)
-    np.savez(
-        tmp,
-        version=np.array(FILE_VERSION),
-        report=np.array(json.dumps(asdict(report))),
-        mean=empty if projection is None else projection.mean,
-        matrix=empty if projection is None else projection.matrix,
-    )
-    tmp.replace(path)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # as the index database (mkstemp makes it 0600)
+            np.savez(
+                out,
+                version=np.array(FILE_VERSION),
+                report=np.array(json.dumps(asdict(report))),
+                mean=empty if projection is None else projection.mean,
+                matrix=empty if projection is None else projection.matrix,
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> tuple[Projection | None, AdaptationReport] | None:
-    """None when missing or unreadable (it is then refitted)."""
+    """None when missing or unreadable (it is then refitted): a crash, a full disk or a hand
+    edit can leave it empty, cut short or not a zip at all. Never unpickles."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != FILE_VERSION:
@@ -399,11 +414,22 @@ def load(path: Path) -> tuple[Projection | None, AdaptationReport] | None:
             mean, matrix = data["mean"], data["matrix"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("ignoring the saved adaptation %s: %s", path, exc)
+        return None
+    if matrix.size and (mean.ndim != 1 or matrix.ndim != 2 or matrix.shape[0] != mean.shape[0]):
+        log.warning("ignoring the saved adaptation %s: inconsistent shapes", path)
         return None
     projection = Projection(mean, matrix) if matrix.size else None
     return projection, report
+
+
+def fits_vectors(projection: Projection | None, vectors: np.ndarray) -> bool:
+    """Whether a saved projection applies to these stored vectors (same dimension): a file
+    copied from another data dir can claim the right model and still not fit."""
+    return projection is None or (
+        vectors.ndim == 2 and projection.mean.shape[0] == vectors.shape[1]
+    )
 
 
 def needs_refit(report: AdaptationReport, items: Sequence[ItemMeta], model_id: str) -> bool:
@@ -527,6 +553,10 @@ class CatalogueAdapter:
                 self._refreshed = True
                 return self.report
             saved = None if force_fit else load(self.path)
+            if saved is not None and not fits_vectors(saved[0], vectors):
+                log.warning("the saved adaptation %s does not fit this index: refitting",
+                            self.path)
+                saved = None
             if self.mode != "off" and saved is not None and not needs_refit(
                 saved[1], items, self.model_id
             ):

@@ -461,3 +461,96 @@ def test_cap_per_label_never_caps_unlabelled_items_nor_a_single_label() -> None:
     assert [h.uri for h in cap_per_label(flat, 2)] == ["f0", "f1", "f2", "f3", "f4"]
     with pytest.raises(Exception, match="SEARCH_RESULTS_PER_LABEL"):
         dataclasses.replace(Settings(), results_per_label=-1).validate()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["empty", "truncated", "zip-garbage", "wrong-shape", "pickled"],
+)
+def test_a_damaged_saved_adaptation_is_refitted_and_searches_keep_working(
+    labelled: SearchPipeline, tmp_path: Path, damage: str
+) -> None:
+    """A full disk, a crash mid-copy or a hand-edited data dir leaves a bad
+    ``adaptation-local.npz``; the next process must refit, never fail a search (an empty file
+    raised EOFError and a damaged zip BadZipFile, neither caught), and must never unpickle."""
+    root = tmp_path / "copy"
+    shutil.copytree(labelled.settings.data_dir, root)
+    settings = dataclasses.replace(labelled.settings, data_dir=root)
+    saved = root / labelled.adapter.path.name
+    good = saved.read_bytes()
+    if damage == "empty":
+        saved.write_bytes(b"")
+    elif damage == "truncated":
+        saved.write_bytes(good[: len(good) // 2])
+    elif damage == "zip-garbage":
+        saved.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    elif damage == "wrong-shape":  # e.g. a file from another embedder with a lying report
+        projection, report = adaptation.load(saved)  # type: ignore[misc]
+        assert projection is not None
+        small = adaptation.Projection(projection.mean[:7], projection.matrix[:7])
+        adaptation.save(saved, small, report)
+    else:  # an object array: loading it would run code with allow_pickle
+        np.savez(saved, version=np.array(adaptation.FILE_VERSION),
+                 report=np.array([{"status": "active"}], dtype=object))
+    pipeline = build_pipeline(settings)
+    photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
+    hits = pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=3)
+    assert hits and hits[0].item.label == "Kiwi"
+    assert pipeline.adapter.report.status == "active"
+    assert adaptation.load(saved) is not None  # refitted and saved again
+
+
+def test_processes_saving_the_adaptation_at_once_never_corrupt_it(
+    labelled: SearchPipeline, tmp_path: Path
+) -> None:
+    """Two ingests ending together (two CLI runs, or the app and a CLI) both save: each writes
+    its own temporary file, so the one renamed into place is always whole."""
+    import threading
+
+    projection, report = labelled.adapter.projection, labelled.adapter.report
+    target = tmp_path / "adaptation-local.npz"
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(15):
+                adaptation.save(target, projection, report)
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    loaded = adaptation.load(target)
+    assert loaded is not None and loaded[1].fingerprint == report.fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["adaptation-local.npz"]  # no temp left
+
+
+def test_a_full_disk_while_saving_keeps_the_adaptation_in_memory(
+    labelled: SearchPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC at the end of an ingest: the fit is kept in memory and searched, the old file
+    stays as it was, and no half-written temporary file is left to fill the disk further."""
+    import errno
+    import os
+
+    root = tmp_path / "copy"
+    shutil.copytree(labelled.settings.data_dir, root)
+    pipeline = build_pipeline(dataclasses.replace(labelled.settings, data_dir=root))
+    before = sorted(p.name for p in root.iterdir())
+    saved = pipeline.adapter.path.read_bytes()
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    report = pipeline.adapter.refresh(force_fit=True)
+    assert report.status == "active" and pipeline.adapter.active
+    assert pipeline.adapter.path.read_bytes() == saved
+    assert sorted(p.name for p in root.iterdir()) == before
+    photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
+    assert pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=1)[0].item.label == (
+        "Kiwi")
