@@ -401,6 +401,24 @@ def save(path: Path, projection: Projection | None, report: AdaptationReport) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_abandoned_temps(path)
+
+
+#: a temporary file older than this was left by a writer that was killed (a save takes
+#: well under a second), never by one still writing
+ABANDONED_TEMP_SECONDS = 3600.0
+
+
+def _remove_abandoned_temps(path: Path) -> None:
+    """Deletes the temporary files of writers killed mid-save (kill -9, OOM, power cut), so
+    they do not pile up in the data dir."""
+    cutoff = time.time() - ABANDONED_TEMP_SECONDS
+    for leftover in path.parent.glob(f".{path.stem}.*.tmp"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:  # another process removed it, or it is not ours to remove
+            continue
 
 
 def load(path: Path) -> tuple[Projection | None, AdaptationReport] | None:

@@ -4,7 +4,9 @@ embedded by the real model (a small catalogue, so the whole file stays a few sec
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +129,6 @@ def test_a_background_job_and_the_cli_see_the_adaptation(tmp_path: Path) -> None
     """The app's Index tab runs ingests as jobs: the fit happens at the end of the job, and a
     separate CLI process reports what was learned from the saved file."""
     import json
-    import os
     import subprocess
     import sys
 
@@ -527,6 +528,15 @@ def test_processes_saving_the_adaptation_at_once_never_corrupt_it(
     loaded = adaptation.load(target)
     assert loaded is not None and loaded[1].fingerprint == report.fingerprint
     assert [p.name for p in tmp_path.iterdir()] == ["adaptation-local.npz"]  # no temp left
+    # a writer killed mid-save an hour ago left its temporary file: the next save removes it
+    abandoned = tmp_path / ".adaptation-local.k1ll.tmp"
+    fresh = tmp_path / ".adaptation-local.n0w.tmp"
+    abandoned.write_bytes(b"PK")
+    fresh.write_bytes(b"PK")  # another writer's, still being written
+    old = time.time() - adaptation.ABANDONED_TEMP_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    adaptation.save(target, projection, report)
+    assert not abandoned.exists() and fresh.exists()
 
 
 def test_a_full_disk_while_saving_keeps_the_adaptation_in_memory(
@@ -535,7 +545,6 @@ def test_a_full_disk_while_saving_keeps_the_adaptation_in_memory(
     """ENOSPC at the end of an ingest: the fit is kept in memory and searched, the old file
     stays as it was, and no half-written temporary file is left to fill the disk further."""
     import errno
-    import os
 
     root = tmp_path / "copy"
     shutil.copytree(labelled.settings.data_dir, root)
