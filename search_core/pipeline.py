@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: in the data dir while the first-start indexing of the sample catalogue has not completed
+SAMPLE_PENDING = "sample-catalogue.pending"
 
 #: SEARCH_NEAR_DUPLICATE=auto for an embedder without a measured value (CLIP, Titan: their
 #: weights or service are out of reach here): the default embedder's
@@ -408,16 +412,34 @@ class SearchPipeline(CatalogueRelevance):
     def _run_job(
         self, source: str, prune: bool, stop: threading.Event, progress: ProgressCallback
     ) -> IndexReport:
-        return self.index_source(source, prune=prune, progress=progress, stop=stop)
+        report = self.index_source(source, prune=prune, progress=progress, stop=stop)
+        sample = self.settings.sample_catalogue
+        if sample is not None and source == str(sample) and not (report.stopped or report.error):
+            self._sample_pending().unlink(missing_ok=True)
+        return report
+
+    def _sample_pending(self) -> Path:
+        """Exists from the start of the first-start sample indexing until it completes."""
+        return self.settings.data_dir / SAMPLE_PENDING
 
     def bootstrap_sample(self) -> bool:
         """Indexes the bundled sample catalogue in the background when the index is empty, so a
-        newcomer's very first search returns results. True when a job was started."""
+        newcomer's very first search returns results, and resumes it when that first indexing
+        was interrupted (Ctrl-C, a stopped container): the index is then no longer empty, and
+        would otherwise keep a third of the sample forever. True when a job was started."""
         sample = self.settings.sample_catalogue
-        if sample is None or not sample.is_dir() or self.index.count() > 0:
+        if sample is None or not sample.is_dir():
+            return False
+        pending = self._sample_pending()
+        if self.index.count() > 0 and not pending.exists():
             return False
         if self.jobs.active() is not None:
             return False
+        try:
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.touch()
+        except OSError as exc:  # a read-only data dir: index anyway, only resuming is lost
+            log.warning("cannot record the sample indexing in %s: %s", pending, exc)
         self.jobs.start(str(sample))
         return True
 

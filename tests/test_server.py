@@ -19,6 +19,7 @@ import pytest
 from helpers import GROCERY, REPO
 
 from search_core.errors import ConfigError
+from search_core.pipeline import SAMPLE_PENDING
 from search_core.server import SHARE_NEEDS_AUTH, load_auth
 
 # Byte-identical to samples/catalogue/Asparagus/Asparagus_002.jpg, which the app indexes on
@@ -220,6 +221,22 @@ def test_sigterm_stops_a_running_index_job_and_exits_zero(tmp_path: Path) -> Non
     # the next run resumes from there (tests/test_crash_safety.py checks the resumption).
     count = json.loads(stats.stdout)["count"]
     assert 0 <= count <= 324, stats.stdout
+    # The next start resumes the interrupted first-start indexing (the index is no longer
+    # empty, but the sample is not complete) instead of keeping part of it forever.
+    if count == 324:  # the job had finished before the signal: nothing to resume
+        return
+    assert (Path(app.env["SEARCH_DATA_DIR"]) / SAMPLE_PENDING).exists()
+    from gradio_client import Client
+
+    again = AppProcess(tmp_path).start()
+    try:
+        again.wait_for("/healthz", 200)
+        _wait_indexed(Client(again.url + "/", verbose=False))
+        resumed = httpx.get(f"{again.url}/api/stats", timeout=30).json()
+    finally:
+        again.kill()
+    assert resumed["count"] == 324, resumed
+    assert not (Path(app.env["SEARCH_DATA_DIR"]) / SAMPLE_PENDING).exists()
 
 
 @pytest.mark.parametrize("how", [("--share",), ()], ids=["flag", "env"])
