@@ -402,6 +402,10 @@ class SearchPipeline(CatalogueRelevance):
         stop: threading.Event | None = None,
     ) -> IndexReport:
         source = open_source(source_uri, self.settings)
+        if source_uri != str(self.settings.sample_catalogue):
+            # the user has moved on to a catalogue of their own: never add the rest of an
+            # interrupted sample indexing into it at the next start
+            self._sample_done()
         with self.adapter.ingesting():  # searches meanwhile are plain: they see every image
             report = self.indexer().run(
                 source, prune=prune, shard=parse_shard(shard), progress=progress, stop=stop
@@ -415,12 +419,19 @@ class SearchPipeline(CatalogueRelevance):
         report = self.index_source(source, prune=prune, progress=progress, stop=stop)
         sample = self.settings.sample_catalogue
         if sample is not None and source == str(sample) and not (report.stopped or report.error):
-            self._sample_pending().unlink(missing_ok=True)
+            self._sample_done()
         return report
 
     def _sample_pending(self) -> Path:
         """Exists from the start of the first-start sample indexing until it completes."""
         return self.settings.data_dir / SAMPLE_PENDING
+
+    def _sample_done(self) -> None:
+        """No sample indexing to resume at the next start (never fails the caller)."""
+        try:
+            self._sample_pending().unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", self._sample_pending(), exc)
 
     def bootstrap_sample(self) -> bool:
         """Indexes the bundled sample catalogue in the background when the index is empty, so a
@@ -450,6 +461,7 @@ class SearchPipeline(CatalogueRelevance):
             raise SearchError("Stop the running job first.")
         removed = self.index.count()
         self.index.reset()
+        self._sample_done()  # an emptied index is the user's choice
         return removed
 
     def preview(self, uri: str, max_side: int = 384) -> Image.Image | None:

@@ -327,3 +327,33 @@ def test_load_auth_from_env_and_file(tmp_path: Path) -> None:
 def test_load_auth_rejects_malformed(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_auth(env)
+
+
+def test_an_interrupted_sample_indexing_is_resumed_only_until_the_user_indexes_their_own(
+    tmp_path: Path,
+) -> None:
+    """The resume must never pour the rest of the sample into a catalogue the user has since
+    built: indexing anything else (CLI, Index tab) or a reset cancels it."""
+    import shutil
+
+    from search_core.config import Settings
+    from search_core.factory import build_pipeline
+
+    sample, own = tmp_path / "sample", tmp_path / "own"
+    for folder, label in ((sample, "Banana"), (own, "Kiwi")):
+        (folder / label).mkdir(parents=True)
+        for photo in sorted((GROCERY / "train" / "Fruit" / label).rglob("*.jpg"))[:2]:
+            shutil.copyfile(photo, folder / label / photo.name)
+    settings = Settings(data_dir=tmp_path / "data", sample_catalogue=sample, detector="none",
+                        folder_roots=(tmp_path,))
+    pipeline = build_pipeline(settings)
+    pending = settings.data_dir / SAMPLE_PENDING
+    assert pipeline.bootstrap_sample() and pending.exists()
+    job = pipeline.jobs.latest()
+    assert job is not None and job.thread is not None
+    job.thread.join(120)
+    assert job.state == "finished" and not pending.exists() and pipeline.index.count() == 2
+    assert not pipeline.bootstrap_sample()  # complete: nothing to resume
+    pending.touch()  # as if that indexing had been interrupted
+    pipeline.index_source(str(own))  # ... and the user then indexed their own catalogue
+    assert not pending.exists() and not pipeline.bootstrap_sample()
