@@ -648,6 +648,8 @@ class CatalogueAdapter:
             return
         if self._refresh_lock.locked():  # another thread is refreshing: use the current state
             return
+        if self._ingests:  # searched plainly meanwhile; the ingest refreshes at its end
+            return
         self._checked = now
         try:
             count = self.index.count()

@@ -116,7 +116,12 @@ def test_searches_during_an_ingest_of_this_process_are_plain(labelled: SearchPip
     analyzed = pipeline.analyze(photo.read_bytes())
     adapted = pipeline.search(analyzed, "whole", k=1)[0]
     with pipeline.adapter.ingesting():
+        pipeline.adapter._checked = 0.0
+        fitted_at = pipeline.adapter.report.fitted_at
         assert pipeline.stats()["adaptation"]["status"] == "plain"
+        # no re-read of every vector while this process ingests: its end refreshes anyway
+        assert pipeline.adapter._checked == 0.0
+        assert pipeline.adapter.report.fitted_at == fitted_at
         plain = pipeline.search(analyzed, "whole", k=1)[0]
         assert plain.score == pytest.approx(float(
             pipeline.view_vector(analyzed, None) @ pipeline.index.vector_of(plain.item.sha256)
