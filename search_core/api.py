@@ -374,7 +374,7 @@ async def search(
 def item(request: Request, context: Context, item_id: str) -> dict[str, Any]:
     found = context.pipeline().item(item_id)
     if found is None:
-        raise ItemNotFoundError(f"no catalogue item has the id {item_id!r}")
+        raise ItemNotFoundError(f"no catalogue item has the id {item_id[:80]!r}")
     hit = SearchHit(uri=found.uri, score=1.0, item=found)
     body = hit_json(hit, thumbnail_url(request))
     body.pop("score")
@@ -408,7 +408,7 @@ def _thumbnail_bytes(context: ApiContext, item_id: str) -> bytes:
     found = engine.item(item_id)
     preview = None if found is None else engine.preview(found.uri)
     if preview is None:
-        raise ItemNotFoundError(f"no catalogue image for the id {item_id!r}")
+        raise ItemNotFoundError(f"no catalogue image for the id {item_id[:80]!r}")
     buffer = io.BytesIO()
     preview.convert("RGB").save(buffer, format="JPEG", quality=85)
     data = buffer.getvalue()
