@@ -35,7 +35,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,6 +79,15 @@ REFIT_FRACTION = 0.1
 #: groceries (the most lenient percentiles that still flag >= 97 % of them: 100 % and 98 %);
 #: GroceryStore val/ was only used to report the rate on real queries.
 IMPOSTOR_PERCENTILE = 10.0
+#: below this :func:`label_coherence` a label is a folder of assorted products, not a class
+#: (measured: assorted folders -0.03 to 0.07, real classes 0.14 and more)
+MIN_COHERENCE = 0.1
+#: ... judged only for labels of at least this many images: two or three photos of one
+#: product can be unlike each other by chance (train/, 2 photos per product: down to -0.19),
+#: while from 5 photos every real class scored 0.19 or more (30 random draws per size)
+MIN_MIXED_IMAGES = 5
+#: mixed labels named in the report (the count is always there)
+MAX_NAMED = 20
 NEIGHBOUR_PERCENTILE = 1.0
 FILE_VERSION = 1
 NO_CLOSE_MATCH = "no close match in this catalogue"
@@ -103,6 +112,10 @@ class AdaptationReport:
     label_set_hash: str = ""
     no_match_threshold: float | None = None
     fitted_at: float = 0.0
+    #: folders whose images are no more alike than the catalogue at large (assorted
+    #: products): fitted as single images, not as a class (at most MAX_NAMED of them named)
+    mixed_labels: list[str] = field(default_factory=list)
+    mixed_label_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +146,46 @@ class Projection:
 # -- fitting -------------------------------------------------------------------------------------
 
 
+def _label_sums(x: np.ndarray, inverse: np.ndarray, labels: int) -> np.ndarray:
+    """The sum of each label's vectors, through a sparse one-hot matrix: a dense one (labels x
+    images) would take 800 MB for 20,000 images of 5,000 products."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix(
+        (np.ones(len(inverse)), (inverse, np.arange(len(inverse)))), shape=(labels, len(inverse))
+    )
+    return np.asarray(onehot @ x)
+
+
+def label_coherence(vectors: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """For each label with 2+ images (and not the only one): how much more alike its images
+    are than they are to the rest of the catalogue, as a share of the room left up to 1:
+    (mean cosine within - mean cosine to the others) / (1 - mean cosine to the others).
+
+    Why: a label is a folder name, and not every folder is a product. A folder of assorted
+    products (a flat "new arrivals" folder inside a catalogue of product folders) scores about
+    0 (GroceryStore train/: -0.03 for 20 random products; a folder of 20 resized product shots
+    in the sample catalogue: 0.07), every real class well above (train/: 0.31 or more; the
+    sample catalogue, 4 photos per product: 0.13 or more). Fitting such a folder as a class
+    teaches the projection to merge different products. Small folders are not judged (see
+    MIN_MIXED_IMAGES): 5 random products score up to 0.30 when some are alike."""
+    x = np.asarray(vectors, dtype=np.float64)
+    names, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    sums = _label_sums(x, inverse, len(names))
+    counts = np.bincount(inverse, minlength=len(names))
+    squares = np.bincount(inverse, weights=np.einsum("ij,ij->i", x, x), minlength=len(names))
+    total = sums.sum(axis=0)
+    coherence: dict[str, float] = {}
+    for k, name in enumerate(names):
+        n, others = int(counts[k]), len(x) - int(counts[k])
+        if n < 2 or others == 0:
+            continue
+        within = (float(sums[k] @ sums[k]) - float(squares[k])) / (n * (n - 1))
+        between = float(sums[k] @ (total - sums[k])) / (n * others)
+        coherence[str(name)] = (within - between) / max(1.0 - between, 1e-6)
+    return coherence
+
+
 def fit_projection(
     vectors: np.ndarray, labels: Sequence[str] | np.ndarray, *, shrinkage: float = SHRINKAGE,
     max_dims: int = MAX_DIMS,
@@ -143,9 +196,7 @@ def fit_projection(
     x = np.asarray(vectors, dtype=np.float64)
     classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
     mean = x.mean(axis=0)
-    onehot = np.zeros((len(classes), len(x)))
-    onehot[inverse, np.arange(len(x))] = 1.0
-    class_means = (onehot @ x) / onehot.sum(axis=1, keepdims=True)
+    class_means = _label_sums(x, inverse, len(classes)) / np.bincount(inverse)[:, None]
     centred = x - class_means[inverse]
     # The two paths give the same projection; the SVD path is faster only well below D images
     # (1,984 x 2,560: SVDs 6.8 s against 1.6 s for the eigenproblems).
@@ -338,6 +389,17 @@ def _fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, require_
         report.fit_seconds = round(time.perf_counter() - began, 3)
         return projection, report
 
+    # Folders of assorted products are no class: their images take part one by one (distinct
+    # labels), so the projection never learns to merge what they hold.
+    sizes = Counter(labels)
+    mixed = sorted(name for name, value in label_coherence(vectors, labels).items()
+                   if value < MIN_COHERENCE and sizes[name] >= MIN_MIXED_IMAGES)
+    if mixed:
+        report.mixed_label_count = len(mixed)
+        report.mixed_labels = mixed[:MAX_NAMED]
+        mixed_set = set(mixed)
+        labels = [f"\x00{i}" if label in mixed_set else label for i, label in enumerate(labels)]
+        counts = Counter(labels)
     repeated = sum(n for n in counts.values() if n >= 2)
     if report.items > MAX_ITEMS:
         return finish(None, "plain", f"catalogue larger than {MAX_ITEMS:,} images: the "
@@ -371,7 +433,11 @@ def _fit(vectors: np.ndarray, items: Sequence[ItemMeta], model_id: str, require_
                       f"(Recall@1 {plain:.3f} -> {adapted:.3f})", threshold)
     final = fit_projection(vectors, label_array)
     report.dims = final.dims
-    return finish(final, "active", f"held-out Recall@1 {plain:.3f} -> {adapted:.3f}", threshold)
+    reason = f"held-out Recall@1 {plain:.3f} -> {adapted:.3f}"
+    if mixed:
+        reason += (f"; {len(mixed)} folder(s) of assorted products fitted as single images: "
+                   + ", ".join(mixed[:3]) + (", ..." if len(mixed) > 3 else ""))
+    return finish(final, "active", reason, threshold)
 
 
 # -- persistence ---------------------------------------------------------------------------------

@@ -568,3 +568,50 @@ def test_a_full_disk_while_saving_keeps_the_adaptation_in_memory(
     photo = sorted((SHARED_DATA / "grocery" / "val" / "Fruit" / "Kiwi").glob("*.jpg"))[0]
     assert pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=1)[0].item.label == (
         "Kiwi")
+
+
+def test_a_folder_of_assorted_products_is_not_learned_as_one_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by probing: a folder is a label, and a "new arrivals" folder of assorted products
+    fitted as one class taught the projection to merge different products (its copies of
+    catalogue photos then outranked the products' own folders). Such a folder is recognised
+    (its images are no more alike than the catalogue at large) and fitted image by image."""
+    import io
+
+    from PIL import Image
+
+    catalogue = _copy_catalogue(tmp_path / "catalogue")
+    arrivals = catalogue / "new-arrivals"
+    arrivals.mkdir()
+    for name in CLASSES[:20]:
+        photo = sorted((catalogue / name).glob("*.jpg"))[0]
+        with Image.open(photo) as image:
+            smaller = image.convert("RGB").resize((image.width * 9 // 10, image.height * 9 // 10))
+        buffer = io.BytesIO()
+        smaller.save(buffer, "JPEG", quality=80)
+        (arrivals / f"{name}.jpg").write_bytes(buffer.getvalue())
+    val = SHARED_DATA / "grocery" / "val"
+    queries = [(name, sorted(val.rglob(f"{name}/*.jpg"))[:3]) for name in CLASSES[:20]]
+
+    def found(pipeline: SearchPipeline) -> int:
+        return sum(
+            pipeline.search(pipeline.analyze(photo.read_bytes()), "whole", k=1)[0].item.label
+            == name for name, photos in queries for photo in photos
+        )
+
+    fixed = build_pipeline(dataclasses.replace(_settings(tmp_path), data_dir=tmp_path / "fixed"))
+    fixed.index_source(str(catalogue))
+    report = fixed.adapter.report
+    assert report.status == "active" and report.mixed_labels == ["new-arrivals"]
+    assert "assorted products" in report.reason and report.mixed_label_count == 1
+    coherence = adaptation.label_coherence(*fixed.index.vectors()[:1], [
+        i.label for i in fixed.index.vectors()[1]])
+    assert min(v for k, v in coherence.items() if k != "new-arrivals") > 0.2
+    monkeypatch.setattr(adaptation, "MIN_COHERENCE", -1.0)  # as before: every folder a class
+    before = build_pipeline(dataclasses.replace(_settings(tmp_path), data_dir=tmp_path / "old"))
+    before.index_source(str(catalogue))
+    assert before.adapter.report.mixed_labels == []
+    print(f"val photos found first: folder as a class {found(before)}, fixed {found(fixed)} "
+          f"of {sum(len(p) for _, p in queries)}")
+    assert found(fixed) > found(before)
