@@ -19,6 +19,7 @@ import base64
 import binascii
 import contextlib
 import io
+import math
 import os
 import secrets
 import time
@@ -38,7 +39,7 @@ from search_core.config import Settings
 from search_core.errors import (
     BackendError,
     ConfigError,
-    ImageError,
+    ImageTooLargeError,
     ItemNotFoundError,
     SearchError,
 )
@@ -79,7 +80,7 @@ def status_of(exc: SearchError) -> int:
     """The HTTP status for a library error."""
     if isinstance(exc, ItemNotFoundError):
         return 404
-    if isinstance(exc, ImageError) and "too large" in str(exc):
+    if isinstance(exc, ImageTooLargeError):
         return 413
     if isinstance(exc, BackendError | ConfigError):
         return 503
@@ -111,6 +112,11 @@ class Gate:
             self._semaphore.release()
 
 
+#: an object number has at most this many digits (more is no object, and int() of thousands of
+#: digits is refused by Python itself)
+MAX_OBJECT_DIGITS = 6
+
+
 def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
     """``auto`` | ``whole`` | ``N`` (1-based object number) | ``x,y,w,h`` (fractions of the
     image, or pixels when any value is above 1)."""
@@ -118,6 +124,9 @@ def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
     if value in {AUTO, WHOLE}:
         return value
     if value.isdigit():
+        if not value.isascii() or len(value) > MAX_OBJECT_DIGITS:  # "²", "①", 5,000 digits
+            raise SearchError(f"object must be auto, whole, an object number or x,y,w,h; got "
+                              f"{(text or '')[:40]!r}")
         number = int(value)
         if not 1 <= number <= len(analyzed.detections):
             raise SearchError(
@@ -129,8 +138,10 @@ def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
         x, y, w, h = (float(p) for p in value.split(","))
     except ValueError as exc:
         raise SearchError(
-            f"object must be auto, whole, an object number or x,y,w,h; got {text!r}"
+            f"object must be auto, whole, an object number or x,y,w,h; got {(text or '')[:40]!r}"
         ) from exc
+    if not all(math.isfinite(v) for v in (x, y, w, h)):  # NaN passes every comparison below
+        raise SearchError("object x,y,w,h must be finite numbers")
     if min(x, y, w, h) < 0 or w == 0 or h == 0:
         raise SearchError("object x,y,w,h must be non-negative with a non-zero width and height")
     if max(x, y, w, h) > 1:
@@ -352,7 +363,7 @@ async def search(
 def item(request: Request, context: Context, item_id: str) -> dict[str, Any]:
     found = context.pipeline().item(item_id)
     if found is None:
-        raise ItemNotFoundError(f"no catalogue item has the id {item_id!r}")
+        raise ItemNotFoundError(f"no catalogue item has the id {item_id[:80]!r}")
     hit = SearchHit(uri=found.uri, score=1.0, item=found)
     body = hit_json(hit, thumbnail_url(request))
     body.pop("score")
@@ -386,7 +397,7 @@ def _thumbnail_bytes(context: ApiContext, item_id: str) -> bytes:
     found = engine.item(item_id)
     preview = None if found is None else engine.preview(found.uri)
     if preview is None:
-        raise ItemNotFoundError(f"no catalogue image for the id {item_id!r}")
+        raise ItemNotFoundError(f"no catalogue image for the id {item_id[:80]!r}")
     buffer = io.BytesIO()
     preview.convert("RGB").save(buffer, format="JPEG", quality=85)
     data = buffer.getvalue()

@@ -9,6 +9,12 @@ class ImageError(SearchError):
     """The bytes are not an image we can use (corrupt, not an image, too large, too small)."""
 
 
+class ImageTooLargeError(ImageError):
+    """The upload or the image is over a size limit (HTTP 413). A type, not a phrase in the
+    message: Pillow's own "Decompressed data too large" for a corrupt text chunk is a bad
+    image (400), not a big upload."""
+
+
 class CropError(SearchError):
     """The requested region cannot be cropped (too small, empty)."""
 

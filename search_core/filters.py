@@ -18,8 +18,8 @@ KEYS = ("category", "label", "tags", "source_prefix")
 
 
 def parse_filters(pairs: Iterable[str]) -> dict[str, Any]:
-    """``key=value`` strings → a filter dict. Keys: ``category``, ``label``, ``tag``
-    (repeatable: any of), ``source`` (a URI prefix). SearchError names what is wrong."""
+    """``key=value`` strings → a filter dict. Keys: ``category``, ``label``, ``tag`` (each
+    repeatable: any of), ``source`` (a URI prefix, once). SearchError names what is wrong."""
     filters: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -29,9 +29,17 @@ def parse_filters(pairs: Iterable[str]) -> dict[str, Any]:
         if key in {"tag", "tags"}:
             filters.setdefault("tags", []).append(value)
         elif key in {"source", "source_prefix", "prefix"}:
+            if filters.get("source_prefix", value) != value:
+                raise SearchError("give source= (a URI prefix) once")
             filters["source_prefix"] = value
         elif key in {"category", "label"}:
-            filters[key] = value
+            # repeated: any of them, like tag= (the last one used to win silently)
+            previous = filters.get(key)
+            if previous is None:
+                filters[key] = value
+            else:
+                values = previous if isinstance(previous, list) else [previous]
+                filters[key] = values if value in values else [*values, value]
         else:
             raise SearchError(
                 f"unknown filter {key!r}: use category=, label=, tag= or source= (a URI prefix)"

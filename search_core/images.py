@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from search_core.budget import decode_slot
-from search_core.errors import ImageError
+from search_core.errors import ImageError, ImageTooLargeError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_SIDE = 2048
@@ -182,7 +182,7 @@ def load_image(
             image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(
+                raise ImageTooLargeError(
                     f"image is too large: {width}×{height} px is over the limit of "
                     f"{max_pixels:,} pixels"
                 )
@@ -204,7 +204,7 @@ def load_image(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses before we see the size; say it the same way as the check above.
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image is too large: over the limit of {max_pixels:,} pixels "
             "(decompression bomb guard)"
         ) from exc

@@ -270,7 +270,7 @@ class SearchPipeline(CatalogueRelevance):
             raise SearchError(f"the {self.index.name} index cannot return stored vectors")
         vector = self.index.vector_of(sha256)
         if vector is None:
-            raise ItemNotFoundError(f"no catalogue item has the id {sha256!r}")
+            raise ItemNotFoundError(f"no catalogue item has the id {sha256[:80]!r}")
         hits: list[SearchHit] = []
         for hit in self.search_vector(vector, k + 1, filters):
             if hit.item.sha256 != sha256:

@@ -8,6 +8,7 @@ tested apart from the page.
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 from search_core.captions import percent, result_caption
@@ -30,6 +31,12 @@ UI_NEAR_DUPLICATE_LIMIT = 5_000
 # -- Search tab --------------------------------------------------------------------------------
 
 
+def _is_number(value: str) -> bool:
+    """A dropdown value that is a detection number: ASCII digits only ("²" is a digit to
+    ``str.isdigit`` but not to ``int``) and short (the value can come from a crafted request)."""
+    return value.isascii() and value.isdigit() and len(value) <= 6
+
+
 def object_choices(analyzed: AnalyzedImage | None) -> list[tuple[str, str]]:
     """The object dropdown: whole image, each detection (0-based value), manual box."""
     choices = [("Whole image", WHOLE)]
@@ -49,6 +56,8 @@ def parse_box(text: str | None) -> Box | None:
         x0, y0, x1, y1 = (float(v) for v in (text or "").split(","))
     except ValueError:
         return None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        return None
     return box_from_pixels(x0, y0, x1, y1, 1, 1)
 
 
@@ -58,7 +67,7 @@ def parse_point(text: str | None) -> tuple[float, float] | None:
         x, y = (float(v) for v in (text or "").split(","))
     except ValueError:
         return None
-    return x, y
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
 
 
 def search_region(choice: str, box_text: str | None) -> Any:
@@ -66,7 +75,7 @@ def search_region(choice: str, box_text: str | None) -> Any:
     if choice == MANUAL:
         box = parse_box(box_text)
         return WHOLE if box is None else box
-    if isinstance(choice, str) and choice.isdigit():
+    if isinstance(choice, str) and _is_number(choice):
         # Dropdown values are 0-based detection numbers; as an int the pipeline takes
         # them as such (a digit *string* means the CLI's 1-based --object N).
         return int(choice)
@@ -79,7 +88,7 @@ def drawn_file(
     """The photo with numbered boxes (captioned with the catalogue's best label where it is a
     close match), the searched region lit and the rest dimmed."""
     analyzed = pipeline.label_objects(analyzed)  # cached per upload: cheap after the first
-    selected = int(choice) if choice.isdigit() else None
+    selected = int(choice) if _is_number(choice) else None
     region = parse_box(box_text) if choice == MANUAL else None
     captions = [analyzed.box_caption(n) for n in range(len(analyzed.detections))]
     drawing = draw_detections(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from search_core.adaptation import CatalogueLabel
-from search_core.errors import ImageError, SearchError
+from search_core.errors import ImageTooLargeError, SearchError
 from search_core.types import Detection
 
 WHOLE = "whole"
@@ -108,7 +108,7 @@ def check_upload_size(size: int, limit: int) -> None:
     """ImageError for uploads over ``limit`` bytes. MB here are MiB, as SEARCH_MAX_UPLOAD_MB
     means them, so "60.0 MB; the limit is 50 MB" adds up for the user."""
     if size > limit:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"the upload is too large ({size / 2**20:.1f} MB); the limit is "
             f"{limit / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)"
         )

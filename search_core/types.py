@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def _unit(value: float) -> float:
+    """``value`` clamped to [0, 1]; NaN (which every comparison lets through) becomes 0."""
+    return min(max(value, 0.0), 1.0) if value == value else 0.0
+
+
 @dataclass(frozen=True)
 class Box:
     """A box as fractions of the (EXIF-oriented) image's width and height, like Rekognition's
@@ -22,10 +27,12 @@ class Box:
     height: float
 
     def clamped(self) -> Box:
-        left = min(max(self.left, 0.0), 1.0)
-        top = min(max(self.top, 0.0), 1.0)
-        right = min(max(self.left + self.width, 0.0), 1.0)
-        bottom = min(max(self.top + self.height, 0.0), 1.0)
+        """Inside the image; a NaN coordinate (a crafted request) counts as 0, so the box is
+        empty and refused as too small instead of crashing the pixel conversion."""
+        left = _unit(self.left)
+        top = _unit(self.top)
+        right = _unit(self.left + self.width)
+        bottom = _unit(self.top + self.height)
         return Box(left, top, max(right - left, 0.0), max(bottom - top, 0.0))
 
     @property

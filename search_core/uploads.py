@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from search_core.config import Settings
-from search_core.errors import ImageError, SourceError
-from search_core.safeio import read_regular
+from search_core.errors import ImageError, ImageTooLargeError, SourceError
+from search_core.safeio import TooLargeError, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,11 @@ def read_upload(path: str, max_bytes: int, folder: Path | None = None) -> bytes:
         data = read_regular(checked, max_bytes, roots=(folder,), follow_links=False)
     except FileNotFoundError:
         raise UploadRefused(GONE) from None
+    except TooLargeError as exc:
+        raise ImageTooLargeError(
+            str(exc).replace("file is too large", "the upload is too large")
+        ) from None
     except (SourceError, OSError) as exc:
-        if "too large" in str(exc):
-            raise ImageError(str(exc).replace("file is too large", "the upload is too large")) \
-                from None
         log.warning("upload %s refused: %s", path, exc)
         raise UploadRefused(NOT_AN_UPLOAD) from None
     with contextlib.suppress(OSError):

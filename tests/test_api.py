@@ -17,7 +17,13 @@ from test_server import START_DEADLINE_S, AppProcess
 
 from search_core.api import ApiError, Gate, create_api, status_of
 from search_core.config import Settings
-from search_core.errors import BackendError, ImageError, ItemNotFoundError, SearchError
+from search_core.errors import (
+    BackendError,
+    ImageError,
+    ImageTooLargeError,
+    ItemNotFoundError,
+    SearchError,
+)
 from search_core.factory import build_embedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +217,9 @@ def test_api_requires_the_apps_credentials(tmp_path: Path) -> None:
 
 def test_errors_map_to_statuses() -> None:
     assert status_of(ItemNotFoundError("x")) == 404
-    assert status_of(ImageError("the upload is too large (2 MB)")) == 413
+    assert status_of(ImageTooLargeError("the upload is too large (2 MB)")) == 413
+    # the type decides, not the words: Pillow's "Decompressed data too large" is a bad image
+    assert status_of(ImageError("corrupt (Decompressed data too large)")) == 400
     assert status_of(BackendError("OpenSearch is down")) == 503
     assert status_of(SearchError("bad")) == 400
 

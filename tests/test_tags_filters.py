@@ -74,9 +74,14 @@ def test_parse_filters_and_match() -> None:
     assert not matches(_item(2, category="Fruit", tags=["apple"]), filters)
     assert not matches(_item(3, category="Dairy", tags=["lemon"]), filters)
     assert matches(_item(4, category="X"), {"label": "L0"})
-    for bad in (["colour=red"], ["category"], ["tag="]):
+    for bad in (["colour=red"], ["category"], ["tag="], ["source=/a", "source=/b"]):
         with pytest.raises(SearchError):
             parse_filters(bad)
+    # a repeated category or label means any of them, like tag= (the last one used to win)
+    either = parse_filters(["category=Fruit", "category=Dairy", "category=Fruit", "label=L1"])
+    assert either == {"category": ["Fruit", "Dairy"], "label": "L1"}
+    assert matches(_item(5, category="Dairy"), {"category": either["category"]})
+    assert not matches(_item(6, category="Bakery"), {"category": either["category"]})
 
 
 def test_collapse_folds_near_duplicates_into_the_higher_hit() -> None:
