@@ -47,6 +47,7 @@ from search_core.filters import parse_filters
 from search_core.pipeline import AUTO, WHOLE, AnalyzedImage, SearchPipeline, auto_choice
 from search_core.tags import item_category, item_tags, product_name
 from search_core.types import Box, SearchHit
+from search_core.uploads import BodyLimit
 
 Auth = list[tuple[str, str]]
 T = TypeVar("T")
@@ -302,17 +303,6 @@ def filters_of(values: list[str]) -> dict[str, Any]:
     return parse_filters(v for v in values if v.strip())
 
 
-def _check_length(request: Request, settings: Settings) -> None:
-    """413 from the declared length, before the body is read (multipart adds < 64 KB)."""
-    length = int(request.headers.get("content-length") or 0)
-    if length > settings.max_upload_bytes + 64 * 1024:
-        raise ApiError(
-            413,
-            f"the upload is too large ({length / 2**20:.1f} MB); the limit is "
-            f"{settings.max_upload_bytes / 2**20:g} MB (SEARCH_MAX_UPLOAD_MB)",
-        )
-
-
 def _search_work(
     engine: SearchPipeline,
     data: bytes,
@@ -351,7 +341,6 @@ async def search(
 ) -> dict[str, Any]:
     """Detects the objects in ``image``, searches with the chosen one and returns the
     detected objects, the object searched and the results (best first)."""
-    _check_length(request, context.settings)
     filters = filters_of(filter)
     data = await image.read() if image is not None else b""
     if image is not None and not data:
@@ -440,7 +429,10 @@ def create_api(
     settings: Settings | None = None,
     pipeline: Callable[[], SearchPipeline] = _pipeline,
 ) -> FastAPI:
-    """The ``/api`` sub-application (mount it with ``app.mount("/api", create_api(...))``)."""
+    """The ``/api`` sub-application (mount it with ``app.mount("/api", create_api(...))``).
+    Request bodies are capped while they arrive (:class:`BodyLimit`): FastAPI would otherwise
+    store a whole multipart body before the route could look at its size."""
+    settings = settings or Settings.from_env()
     api = FastAPI(
         title="Visual search API",
         version="1",
@@ -452,8 +444,9 @@ def create_api(
         dependencies=[Depends(basic_auth(auth))],
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    api.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     api.state.context = ApiContext(
-        settings=settings or Settings.from_env(),
+        settings=settings,
         pipeline=pipeline,
         gate=Gate(active=min(4, os.cpu_count() or 1), waiting=MAX_WAITING),
     )

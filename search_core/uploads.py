@@ -15,6 +15,10 @@ on its own:
 
 Plain FastAPI routes (the REST API) should take ``UploadFile`` bytes and never a server path;
 :func:`read_upload` is there for any route that receives a path to an earlier upload.
+
+:class:`BodyLimit` caps the size of those uploads while they arrive: FastAPI parses a whole
+multipart form (into memory, then the temp folder) before a route runs, so a check in the route
+comes after an oversized body was stored.
 """
 
 from __future__ import annotations
@@ -205,8 +209,110 @@ async def json_reply(send: Send, status: int, message: str,
                      headers: dict[str, str] | None = None) -> None:
     """A JSON error answer from ASGI middleware: ``{"error": ..., "detail": ...}`` (Gradio's
     and FastAPI's clients each read one of the two keys)."""
-    body = json.dumps({"error": message, "detail": message}).encode()
+    await _send_json(send, status, {"error": message, "detail": message}, headers)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+#: Room for the multipart framing around an upload of the limit (boundaries, part headers and
+#: the small form fields of POST /api/search).
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a request body above ``limit + overhead`` bytes is answered 413 (the
+    REST API's JSON ``{"error": ..., "status": 413}``) without being stored.
+
+    - A ``Content-Length`` above it is refused before any byte of the body is read (a client
+      sending ``Expect: 100-continue`` never sends it).
+    - A body without one (chunked) is counted as it arrives; once past the cap the app gets
+      ``http.disconnect`` instead of more bytes, and the 413 goes out unless the app already
+      answered. So memory and the temp folder hold at most ~the cap.
+
+    The 413 says ``Connection: close``: the server then closes the connection instead of
+    reading and discarding the rest of a body that may be gigabytes long (or endless).
+    ``limit`` is ``SEARCH_MAX_UPLOAD_MB`` (:attr:`Settings.max_upload_bytes`); the route still
+    checks the image itself against it, the cap here only adds room for the form around it.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, overhead: int = MULTIPART_OVERHEAD) -> None:
+        self.app = app
+        self.limit = limit
+        self.cap = limit + overhead
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.cap:
+            self._log(scope, f"declared {declared} bytes")
+            await self._refuse(send, f"{declared / 2**20:.1f} MB")
+            return
+        received = 0
+        started = False  # the response began (the app's or the 413)
+        cut = False  # the body was cut off at the cap
+        refused = False  # the 413 was sent: the app's own answer is dropped
+
+        async def counted() -> Message:
+            nonlocal received, cut, refused, started
+            if cut:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.cap:
+                    cut = True
+                    self._log(scope, f"over {self.cap} bytes received")
+                    if not started:
+                        started = refused = True
+                        await self._refuse(send, f"more than {self.cap / 2**20:.1f} MB")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not cut:
+                raise
+            # the app's reaction to the cut-off body (a parse error, ClientDisconnect): the
+            # client already has its answer, and this is no server fault to report
+            log.debug("error after cutting off an oversized body", exc_info=True)
+
+    async def _refuse(self, send: Send, size: str) -> None:
+        message = (f"the upload is too large ({size}); the limit is {self.limit / 2**20:g} MB "
+                   "(SEARCH_MAX_UPLOAD_MB)")
+        await _send_json(send, 413, {"error": message, "status": 413}, {"connection": "close"})
+
+    @staticmethod
+    def _log(scope: Scope, what: str) -> None:
+        client = scope.get("client") or ("?", 0)
+        log.warning("request body too large (%s) from %s on %s: refused with 413", what,
+                    client[0], scope.get("path"))
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body length, None when there is none (chunked) or it is not a number (the
+    HTTP server refuses those itself)."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
