@@ -1,0 +1,102 @@
+"""Probe 22: index lifecycle cases that leave the index out of step with its source.
+
+1. A file indexed once, then replaced by a dangling symbolic link (the picture is gone) or by
+   a truncated copy (not a usable picture any more): ``index --prune`` keeps the old name with
+   the old vector, so searches keep returning a picture that no longer exists.
+2. After switching SEARCH_EMBEDDER, the error says "use another SEARCH_DATA_DIR or reset the
+   index", but ``reset --yes`` fails with the same error; resetting with the old embedder
+   empties the index yet keeps the old model id, so the new embedder is still refused.
+
+Real photos, the real CLI in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import GROCERY, REPO
+
+KIWIS = GROCERY / "train" / "Fruit" / "Kiwi"
+
+
+def _photos(count: int) -> list[Path]:
+    if not KIWIS.is_dir():
+        pytest.skip(f"shared test data not found: {KIWIS}")
+    return sorted(KIWIS.glob("*.jpg"))[:count]
+
+
+def cli(*args: str, data: Path, roots: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEARCH_DATA_DIR": str(data), "SEARCH_DETECTOR": "none",
+           "SEARCH_SAMPLE_CATALOGUE": "off", "SEARCH_FOLDER_ROOTS": str(roots), **extra}
+    return subprocess.run([sys.executable, "-m", "search_core", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def names(data: Path) -> dict[str, str]:
+    with sqlite3.connect(data / "index.sqlite3") as conn:
+        return dict(conn.execute("SELECT uri, sha256 FROM names").fetchall())
+
+
+def _indexed_folder(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    root = tmp_path / "Kiwi"
+    root.mkdir()
+    files = []
+    for photo in _photos(3):
+        shutil.copy(photo, root / photo.name)
+        files.append(root / photo.name)
+    data = tmp_path / "data"
+    done = cli("index", str(root), data=data, roots=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert set(names(data)) == {str(f) for f in files}
+    return root, data, files
+
+
+def test_prune_drops_a_file_replaced_by_a_dangling_link(tmp_path: Path) -> None:
+    root, data, files = _indexed_folder(tmp_path)
+    gone = files[0]
+    gone.unlink()
+    gone.symlink_to(tmp_path / "nowhere.jpg")  # the picture is gone; only a dead link is left
+    done = cli("index", str(root), "--prune", data=data, roots=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # observed: the name stays with the old vector (the dead link is listed, so never pruned)
+    assert str(gone) not in names(data)
+
+
+def test_reindex_drops_the_old_vector_of_a_file_replaced_by_a_truncated_copy(
+    tmp_path: Path,
+) -> None:
+    root, data, files = _indexed_folder(tmp_path)
+    target = files[0]
+    old_sha = names(data)[str(target)]
+    truncated = target.read_bytes()[:3000]
+    target.unlink()
+    target.write_bytes(truncated)  # now "corrupt or truncated": a failure, not that picture
+    done = cli("index", str(root), "--prune", data=data, roots=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "truncated" in done.stderr
+    # observed: the name still holds the old content (an empty file would have removed it)
+    assert names(data).get(str(target)) != old_sha
+
+
+def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
+    root = tmp_path / "Kiwi"
+    root.mkdir()
+    for photo in _photos(2):
+        shutil.copy(photo, root / photo.name)
+    data = tmp_path / "data"
+    old = {"SEARCH_EMBEDDER": "efficientnet-lite0"}
+    assert cli("index", str(root), data=data, roots=tmp_path, **old).returncode == 0
+    refused = cli("stats", data=data, roots=tmp_path)
+    assert refused.returncode != 0 and "reset the index" in refused.stderr  # the advice given
+    # following the advice with either embedder must leave a usable index for the new one
+    cli("reset", "--yes", data=data, roots=tmp_path, **old)
+    reset = cli("reset", "--yes", data=data, roots=tmp_path)
+    assert reset.returncode == 0, reset.stderr
+    stats = cli("stats", data=data, roots=tmp_path)
+    assert stats.returncode == 0, stats.stderr
