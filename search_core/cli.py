@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_core.config import Settings
-from search_core.errors import SearchError
+from search_core.errors import ModelMismatchError, SearchError
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the model code
     from tqdm import tqdm
@@ -264,23 +264,43 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirm_reset(args: argparse.Namespace, before: int | None, where: object) -> bool:
+    """Everything goes and nothing brings it back but a full re-index: ask a person, and make
+    a script say so explicitly (--yes)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SearchError("reset removes every item: add --yes to confirm in a script")
+    # the question goes to stderr: stdout stays the JSON contract
+    what = "every item" if before is None else f"all {before} item(s)"
+    print(f"remove {what} from {where}? [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() in {"y", "yes"}:
+        return True
+    print("nothing removed", file=sys.stderr)
+    _print_json({"removed": 0, "count": before})
+    return False
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
-    pipeline = _pipeline()
-    before = pipeline.index.count()
-    if not args.yes:
-        # Everything goes and nothing brings it back but a full re-index: ask a person, and
-        # make a script say so explicitly.
-        if not sys.stdin.isatty():
-            raise SearchError("reset removes every item: add --yes to confirm in a script")
-        where = pipeline.stats().get("index") or pipeline.settings.data_dir
-        # the question goes to stderr: stdout stays the JSON contract
-        print(f"remove all {before} item(s) from {where}? [y/N] ", end="", file=sys.stderr,
-              flush=True)
-        answer = sys.stdin.readline()
-        if answer.strip().lower() not in {"y", "yes"}:
-            print("nothing removed", file=sys.stderr)
-            _print_json({"removed": 0, "count": before})
+    try:
+        pipeline = _pipeline()
+    except ModelMismatchError as exc:
+        # SEARCH_EMBEDDER changed: the index cannot be opened for this embedder, which is
+        # exactly when a reset is the advice; empty it as it is, the next open adopts the model
+        from search_core.local_index import LocalIndex
+
+        settings = Settings.from_env()
+        print(f"{exc}", file=sys.stderr)
+        if not _confirm_reset(args, None, settings.data_dir):
             return 1
+        removed = LocalIndex.wipe(settings.data_dir)
+        print(f"removed {removed} item(s)", file=sys.stderr)
+        _print_json({"removed": removed, "count": 0})
+        return 0
+    before = pipeline.index.count()
+    where = pipeline.stats().get("index") or pipeline.settings.data_dir
+    if not _confirm_reset(args, before, where):
+        return 1
     before = pipeline.reset()
     print(f"removed {before} item(s)", file=sys.stderr)
     _print_json({"removed": before, "count": pipeline.index.count()})

@@ -35,5 +35,14 @@ class SourceError(SearchError):
     """An image source cannot be listed or is not allowed (path outside roots, bad S3 URI)."""
 
 
+class GoneError(SourceError):
+    """The name no longer holds a picture of its own (a link that points nowhere): unlike a
+    read error, this is no passing fault, so a picture indexed under the name is gone."""
+
+
+class ModelMismatchError(ConfigError):
+    """The local index holds vectors of another embedder (SEARCH_EMBEDDER changed)."""
+
+
 class ItemNotFoundError(SearchError):
     """No catalogue item has the given id (REST answers 404)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search_core.errors import BackendError, ConfigError, SearchError
+from search_core.errors import BackendError, ConfigError, GoneError, ImageError, SearchError
 from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
 from search_core.interfaces import (
     Embedder,
@@ -191,6 +191,10 @@ class Prepared:
     tensor: np.ndarray | None = None
     skip: str = ""  # "not_image"
     error: str = ""
+    #: the failure shows the name no longer holds the picture indexed under it (not an image
+    #: now, corrupt or cut short, a dead link), unlike a read error that may pass: the old
+    #: vector goes, as when the file is deleted
+    gone: bool = False
 
 
 _Prepared = Prepared  # the former private name
@@ -273,7 +277,7 @@ class Reader:
             if not looks_like_image(data[:16]):
                 if suffix in IMAGE_SUFFIXES or not data:
                     what = "the file is empty (0 bytes)" if not data else describe_non_image(data)
-                    return Prepared(entry, error=f"not an image: {what}")
+                    return Prepared(entry, error=f"not an image: {what}", gone=True)
                 return Prepared(entry, skip="not_image")
             image = load_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
             meta = ItemMeta(
@@ -293,6 +297,8 @@ class Reader:
             return Prepared(
                 entry, meta=meta, image=None if tensor is not None else image, tensor=tensor
             )
+        except (ImageError, GoneError) as exc:
+            return Prepared(entry, error=str(exc), gone=True)
         except SearchError as exc:
             return Prepared(entry, error=str(exc))
         except OSError as exc:
@@ -363,7 +369,7 @@ def triage(prepared: Prepared, plan: Plan, seen: set[str], batch: Batch) -> str:
     commit ("failed", "not_images") or "" when it joined the batch."""
     previous = plan.existing.get(prepared.entry.uri)
     if prepared.error or prepared.skip or prepared.meta is None:
-        if previous is not None and (prepared.skip or prepared.error.startswith("not an image")):
+        if previous is not None and (prepared.skip or prepared.gone):
             batch.stale.append(prepared.entry.uri)  # the indexed picture is no longer there
         return "failed" if prepared.error else "not_images"
     sha = prepared.meta.sha256

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from search_core.ann_graph import RERANK_FACTOR, RERANK_MIN, AnnGraph, exact_top_k
-from search_core.errors import BackendError, ConfigError
+from search_core.errors import BackendError, ModelMismatchError
 from search_core.filters import matches as _matches
 from search_core.types import ItemMeta, SearchHit
 from search_core.vector_check import check_query, check_vectors
@@ -173,13 +173,40 @@ class LocalIndex:
             conn.close()
             raise
         stored = dict(conn.execute("SELECT key, value FROM info").fetchall())
-        if stored.get("model") != self.model_id or int(stored["dimension"]) != self.dimension:
-            raise ConfigError(
+        mismatch = (
+            stored.get("model") != self.model_id or int(stored["dimension"]) != self.dimension
+        )
+        if mismatch and not self._adopt_if_empty(conn):
+            conn.close()
+            raise ModelMismatchError(
                 f"the index in {self.data_dir} was built with {stored.get('model')} "
                 f"({stored.get('dimension')}-d) but the embedder is {self.model_id} "
-                f"({self.dimension}-d): use another SEARCH_DATA_DIR or reset the index"
+                f"({self.dimension}-d): use another SEARCH_DATA_DIR or empty this one "
+                "with `python -m search_core reset --yes`"
             )
         return conn
+
+    def _adopt_if_empty(self, conn: sqlite3.Connection) -> bool:
+        """An empty index takes the current embedder's model: after SEARCH_EMBEDDER changed
+        and the index was reset, nothing of the old model is left to protect."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            empty = not conn.execute("SELECT 1 FROM names LIMIT 1").fetchone() and not (
+                conn.execute("SELECT 1 FROM contents LIMIT 1").fetchone()
+            )
+            if empty:
+                conn.executemany(
+                    "UPDATE info SET value = ? WHERE key = ?",
+                    [(self.model_id, "model"), (str(self.dimension), "dimension")],
+                )
+                conn.execute(_BUMP_GENERATION)  # a saved graph of the old vectors is void
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if empty:
+            log.info("the empty index in %s now holds %s vectors", self.data_dir, self.model_id)
+        return empty
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Creates the schema, or upgrades a v1 database (one ``items`` table keyed by sha256
@@ -480,6 +507,32 @@ class LocalIndex:
             return removed
 
         return int(self._transaction(work))
+
+    @staticmethod
+    def wipe(data_dir: Path) -> int:
+        """Empties the index in ``data_dir`` whatever embedder built it, without opening it as
+        an index (which refuses another model): the way out after SEARCH_EMBEDDER changed.
+        The next open adopts the current model. Returns the names removed."""
+        path = Path(data_dir) / "index.sqlite3"
+        if not path.is_file():
+            return 0
+        conn = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = int(conn.execute("SELECT COUNT(*) FROM names").fetchone()[0])
+                conn.execute("DELETE FROM names")
+                conn.execute("DELETE FROM contents")
+                conn.execute(_BUMP_GENERATION)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise BackendError(f"cannot empty the local index in {data_dir}: {exc}") from exc
+        finally:
+            conn.close()
+        return removed
 
     def reset(self) -> None:
         def work(conn: sqlite3.Connection, state: dict[str, bool]) -> None:

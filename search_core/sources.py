@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from search_core.config import Settings
-from search_core.errors import SourceError
+from search_core.errors import GoneError, SourceError
 from search_core.interfaces import ImageSource
 from search_core.safeio import describe_os_error, read_regular, under
 from search_core.types import SourceEntry
@@ -145,7 +145,7 @@ class FolderSource:
         from outside; FIFOs and devices are refused, and the size cap holds while reading."""
         path = uri_to_path(entry.uri)
         if os.path.islink(path) and not os.path.exists(path):
-            raise SourceError(f"broken link: {os.readlink(path)} does not exist")
+            raise GoneError(f"broken link: {os.readlink(path)} does not exist")
         return read_regular(path, self.max_bytes, roots=self.roots)
 
 

@@ -278,8 +278,10 @@ def test_stages_plan_and_triage_alone(tmp_path: Path) -> None:
     touched = Prepared(entries["a.jpg"], meta=ItemMeta(stored.uri, "sa"))
     copy = Prepared(entries["b.jpg"], meta=ItemMeta(str(folder / "b.jpg"), "sa"))
     new = Prepared(entries["b.jpg"], meta=ItemMeta(str(folder / "c.jpg"), "sc"))
-    broken = Prepared(entries["a.jpg"], error="not an image: a PDF document")
-    assert [triage(p, plan, seen, batch) for p in (touched, copy, new, broken)] == [
-        "", "", "", "failed"]
+    broken = Prepared(entries["a.jpg"], error="not an image: a PDF document", gone=True)
+    passing = Prepared(entries["a.jpg"], error="cannot read: Input/output error")
+    assert [triage(p, plan, seen, batch) for p in (touched, copy, new, passing, broken)] == [
+        "", "", "", "failed", "failed"]
     assert [counter for _, counter in batch.link] == ["unchanged", "duplicates"]
+    # a read error may pass (the picture is kept); "not an image any more" drops it
     assert batch.embed == [new] and batch.stale == [stored.uri]

@@ -52,9 +52,17 @@ def test_persists_and_other_connections_see_new_items(tmp_path: Path) -> None:
 
 
 def test_refuses_an_index_built_by_another_model(tmp_path: Path) -> None:
-    LocalIndex(tmp_path, dimension=4, model_id="m")
+    """Vectors of another model are never mixed in; an empty index (after ``wipe``, the reset
+    that works whatever model built it) takes the new model."""
+    LocalIndex(tmp_path, dimension=4, model_id="m").add(_unit(np.eye(4)[:2]), _items(2))
     with pytest.raises(ConfigError, match="built with m"):
         LocalIndex(tmp_path, dimension=8, model_id="other")
+    assert LocalIndex.wipe(tmp_path) == 2
+    adopted = LocalIndex(tmp_path, dimension=8, model_id="other")
+    assert adopted.count() == 0 and adopted.stats()["model"] == "other"
+    adopted.add(_unit(np.eye(8)[:1]), _items(1))
+    with pytest.raises(ConfigError, match="built with other"):
+        LocalIndex(tmp_path, dimension=4, model_id="m")
 
 
 def test_hnsw_above_the_threshold_finds_the_true_neighbours(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Probe 22: index lifecycle cases that leave the index out of step with its source.
+"""Index lifecycle cases (found by probing) that left the index out of step with its source.
 
 1. A file indexed once, then replaced by a dangling symbolic link (the picture is gone) or by
    a truncated copy (not a usable picture any more): ``index --prune`` keeps the old name with
@@ -93,10 +93,35 @@ def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
     old = {"SEARCH_EMBEDDER": "efficientnet-lite0"}
     assert cli("index", str(root), data=data, roots=tmp_path, **old).returncode == 0
     refused = cli("stats", data=data, roots=tmp_path)
-    assert refused.returncode != 0 and "reset the index" in refused.stderr  # the advice given
+    assert refused.returncode != 0 and "reset --yes" in refused.stderr  # the advice given
     # following the advice with either embedder must leave a usable index for the new one
     cli("reset", "--yes", data=data, roots=tmp_path, **old)
     reset = cli("reset", "--yes", data=data, roots=tmp_path)
     assert reset.returncode == 0, reset.stderr
     stats = cli("stats", data=data, roots=tmp_path)
     assert stats.returncode == 0, stats.stderr
+
+
+def test_reset_with_the_new_embedder_empties_an_index_of_the_old_one(tmp_path: Path) -> None:
+    """The advice followed literally: reset with the new SEARCH_EMBEDDER (which cannot open
+    the old index as an index), then index and search with it."""
+    root = tmp_path / "Kiwi"
+    root.mkdir()
+    for photo in _photos(2):
+        shutil.copy(photo, root / photo.name)
+    data = tmp_path / "data"
+    old = {"SEARCH_EMBEDDER": "efficientnet-lite0"}
+    assert cli("index", str(root), data=data, roots=tmp_path, **old).returncode == 0
+    refused = cli("reset", data=data, roots=tmp_path)  # no --yes, no terminal: refused
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    reset = cli("reset", "--yes", data=data, roots=tmp_path)
+    assert reset.returncode == 0, reset.stderr
+    assert '"removed": 2' in reset.stdout
+    again = cli("index", str(root), data=data, roots=tmp_path)
+    assert again.returncode == 0, again.stderr
+    found = cli("search", str(next(root.glob("*.jpg"))), "--object", "whole", data=data,
+                roots=tmp_path)
+    assert found.returncode == 0, found.stderr
+    with sqlite3.connect(data / "index.sqlite3") as conn:
+        model = conn.execute("SELECT value FROM info WHERE key = 'model'").fetchone()[0]
+    assert model.startswith("efficientnet-lite0-lite2")
