@@ -33,6 +33,22 @@ _SIGNATURES: tuple[tuple[int, bytes], ...] = (
 )
 
 
+# Files with these names that turn out not to be usable images are reported as failures (a
+# user expects them indexed); other non-images (notes, descriptions) are skipped quietly.
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".jfif",
+    ".svg",
+    ".heic",
+}
+
 def looks_like_image(head: bytes) -> bool:
     """True when the first bytes carry a raster image signature we can decode."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":

@@ -29,7 +29,13 @@ import numpy as np
 from PIL import Image
 
 from search_core.errors import BackendError, ConfigError, GoneError, ImageError, SearchError
-from search_core.images import describe_non_image, load_image, looks_like_image, sha256_hex
+from search_core.images import (
+    IMAGE_SUFFIXES,
+    describe_non_image,
+    load_image,
+    looks_like_image,
+    sha256_hex,
+)
 from search_core.interfaces import (
     Embedder,
     ImageSource,
@@ -43,21 +49,6 @@ from search_core.types import ItemMeta, SourceEntry
 
 log = logging.getLogger(__name__)
 
-# Files with these names that turn out not to be usable images are reported as failures (a
-# user expects them indexed); other non-images (notes, descriptions) are skipped quietly.
-IMAGE_SUFFIXES = {
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".gif",
-    ".webp",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".jfif",
-    ".svg",
-    ".heic",
-}
 MAX_CONSECUTIVE_FAILED_BATCHES = 3
 #: nice value of the preparation threads (0 = same priority as inference); see _lower_priority
 DEFAULT_WORKER_NICENESS = 10

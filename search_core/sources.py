@@ -14,6 +14,7 @@ from pathlib import Path
 
 from search_core.config import Settings
 from search_core.errors import GoneError, SourceError
+from search_core.images import IMAGE_SUFFIXES
 from search_core.interfaces import ImageSource
 from search_core.safeio import describe_os_error, read_regular, under
 from search_core.types import SourceEntry
@@ -124,8 +125,12 @@ class FolderSource:
                     stat = os.stat(path)
                 except OSError:
                     continue
-                # Regular files only: a FIFO or device would block or never end.
+                # A FIFO or device would block or never end: read() refuses it. One named like
+                # an image is listed so that the run reports it (left out, it would look like a
+                # lost image); others are skipped like any non-image.
                 if not os.path.isfile(path):
+                    if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                        yield SourceEntry(uri=_display_uri(path))
                     continue
                 yield SourceEntry(
                     uri=_display_uri(path), size_bytes=stat.st_size, version=file_version(stat)
