@@ -6,6 +6,7 @@ reach the app type a path: without the check a stranger could index (and then di
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import urllib.parse
@@ -150,6 +151,12 @@ class FolderSource:
         from outside; FIFOs and devices are refused, and the size cap holds while reading."""
         path = uri_to_path(entry.uri)
         if os.path.islink(path) and not os.path.exists(path):
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise GoneError("broken link: the link leads back to itself (a loop)") \
+                        from None
             raise GoneError(f"broken link: {os.readlink(path)} does not exist")
         return read_regular(path, self.max_bytes, roots=self.roots)
 

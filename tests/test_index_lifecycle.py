@@ -129,14 +129,17 @@ def test_reset_with_the_new_embedder_empties_an_index_of_the_old_one(tmp_path: P
 
 def test_a_fifo_named_like_an_image_is_reported_not_silently_skipped(tmp_path: Path) -> None:
     """A FIFO (or device) would block a reader: it is refused without blocking, and reported
-    when its name promises an image (left out silently it would look like a lost image)."""
+    when its name promises an image (left out silently it would look like a lost image); a
+    link loop is reported as a loop."""
     root = tmp_path / "Kiwi"
     root.mkdir()
     shutil.copy(_photos(1)[0], root / "real.jpg")
     os.mkfifo(root / "pipe.jpg")
     os.mkfifo(root / "pipe.txt")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
     done = cli("index", str(root), data=tmp_path / "data", roots=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "pipe.jpg" in done.stderr and "not a regular file" in done.stderr
     assert "pipe.txt" not in done.stderr
+    assert "loop.jpg" in done.stderr and "a loop" in done.stderr
     assert set(names(tmp_path / "data")) == {str(root / "real.jpg")}
