@@ -45,6 +45,7 @@ from search_core.errors import (
 )
 from search_core.filters import parse_filters
 from search_core.pipeline import AUTO, WHOLE, AnalyzedImage, SearchPipeline, auto_choice
+from search_core.query import is_object_number
 from search_core.tags import item_category, item_tags, product_name
 from search_core.types import Box, SearchHit
 from search_core.uploads import BodyLimit
@@ -112,11 +113,6 @@ class Gate:
             self._semaphore.release()
 
 
-#: an object number has at most this many digits (more is no object, and int() of thousands of
-#: digits is refused by Python itself)
-MAX_OBJECT_DIGITS = 6
-
-
 def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
     """``auto`` | ``whole`` | ``N`` (1-based object number) | ``x,y,w,h`` (fractions of the
     image, or pixels when any value is above 1)."""
@@ -124,7 +120,7 @@ def parse_region(text: str | None, analyzed: AnalyzedImage) -> str | int | Box:
     if value in {AUTO, WHOLE}:
         return value
     if value.isdigit():
-        if not value.isascii() or len(value) > MAX_OBJECT_DIGITS:  # "²", "①", 5,000 digits
+        if not is_object_number(value):  # "²", "①", 5,000 digits
             raise SearchError(f"object must be auto, whole, an object number or x,y,w,h; got "
                               f"{(text or '')[:40]!r}")
         number = int(value)

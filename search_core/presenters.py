@@ -15,6 +15,7 @@ from search_core.captions import percent, result_caption
 from search_core.crop import box_from_pixels, draw_detections
 from search_core.interfaces import EventuallyConsistent
 from search_core.pipeline import WHOLE, AnalyzedImage, SearchPipeline
+from search_core.query import is_object_number
 from search_core.tags import item_category, item_tags, product_name, short_source
 from search_core.tempstore import image_file, no_preview_file, preview_file
 from search_core.types import Box, ItemMeta, SearchHit
@@ -29,12 +30,6 @@ UI_NEAR_DUPLICATE_LIMIT = 5_000
 
 
 # -- Search tab --------------------------------------------------------------------------------
-
-
-def _is_number(value: str) -> bool:
-    """A dropdown value that is a detection number: ASCII digits only ("²" is a digit to
-    ``str.isdigit`` but not to ``int``) and short (the value can come from a crafted request)."""
-    return value.isascii() and value.isdigit() and len(value) <= 6
 
 
 def object_choices(analyzed: AnalyzedImage | None) -> list[tuple[str, str]]:
@@ -75,7 +70,7 @@ def search_region(choice: str, box_text: str | None) -> Any:
     if choice == MANUAL:
         box = parse_box(box_text)
         return WHOLE if box is None else box
-    if isinstance(choice, str) and _is_number(choice):
+    if isinstance(choice, str) and is_object_number(choice):
         # Dropdown values are 0-based detection numbers; as an int the pipeline takes
         # them as such (a digit *string* means the CLI's 1-based --object N).
         return int(choice)
@@ -88,7 +83,7 @@ def drawn_file(
     """The photo with numbered boxes (captioned with the catalogue's best label where it is a
     close match), the searched region lit and the rest dimmed."""
     analyzed = pipeline.label_objects(analyzed)  # cached per upload: cheap after the first
-    selected = int(choice) if _is_number(choice) else None
+    selected = int(choice) if is_object_number(choice) else None
     region = parse_box(box_text) if choice == MANUAL else None
     captions = [analyzed.box_caption(n) for n in range(len(analyzed.detections))]
     drawing = draw_detections(

@@ -85,6 +85,17 @@ def auto_choice(detections: tuple[Detection, ...]) -> int | None:
     return candidates[0] if candidates else None
 
 
+#: an object number has at most this many digits (more is no object, and int() of thousands of
+#: digits is refused by Python itself)
+MAX_OBJECT_DIGITS = 6
+
+
+def is_object_number(text: str) -> bool:
+    """A detection number as clients send it: ASCII digits only ("²" and "①" are digits to
+    ``str.isdigit`` but not to ``int``) and short (the text may come from a crafted request)."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_OBJECT_DIGITS
+
+
 def parse_object(choice: str | int | None) -> str | int:
     """``auto`` | ``whole`` | 0-based object number, from the CLI's 1-based ``N``."""
     if choice is None or choice == "" or choice == AUTO:

@@ -84,7 +84,9 @@ def test_reindex_drops_the_old_vector_of_a_file_replaced_by_a_truncated_copy(
     assert names(data).get(str(target)) != old_sha
 
 
-def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
+def _indexed_with_the_old_embedder(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """Two photos indexed with efficientnet-lite0: the folder, the data dir, and the setting
+    that selects that embedder again."""
     root = tmp_path / "Kiwi"
     root.mkdir()
     for photo in _photos(2):
@@ -92,6 +94,11 @@ def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
     data = tmp_path / "data"
     old = {"SEARCH_EMBEDDER": "efficientnet-lite0"}
     assert cli("index", str(root), data=data, roots=tmp_path, **old).returncode == 0
+    return root, data, old
+
+
+def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
+    _root, data, old = _indexed_with_the_old_embedder(tmp_path)
     refused = cli("stats", data=data, roots=tmp_path)
     assert refused.returncode != 0 and "reset --yes" in refused.stderr  # the advice given
     # following the advice with either embedder must leave a usable index for the new one
@@ -105,13 +112,7 @@ def test_reset_recovers_from_an_embedder_switch(tmp_path: Path) -> None:
 def test_reset_with_the_new_embedder_empties_an_index_of_the_old_one(tmp_path: Path) -> None:
     """The advice followed literally: reset with the new SEARCH_EMBEDDER (which cannot open
     the old index as an index), then index and search with it."""
-    root = tmp_path / "Kiwi"
-    root.mkdir()
-    for photo in _photos(2):
-        shutil.copy(photo, root / photo.name)
-    data = tmp_path / "data"
-    old = {"SEARCH_EMBEDDER": "efficientnet-lite0"}
-    assert cli("index", str(root), data=data, roots=tmp_path, **old).returncode == 0
+    root, data, _old = _indexed_with_the_old_embedder(tmp_path)
     refused = cli("reset", data=data, roots=tmp_path)  # no --yes, no terminal: refused
     assert refused.returncode != 0 and "--yes" in refused.stderr
     reset = cli("reset", "--yes", data=data, roots=tmp_path)
